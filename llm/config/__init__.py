@@ -1,0 +1,71 @@
+"""Typed, frozen, nested configs: `Config(model, data, optim, mesh, train, eval)`.
+
+cfg = load_config("configs/tiny.yaml", ["model.n_layers=4", "optim.lr=1e-3"])
+save_config(cfg, "run/config.yaml")            # read back identical with load_config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from llm.config.base import (
+    ConfigError,
+    apply_overrides,
+    check,
+    config_class,
+    dump,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+from llm.config.data import DataConfig
+from llm.config.model import ModelConfig
+from llm.config.sections import EvalConfig, MeshConfig, OptimConfig, TrainConfig
+
+
+@config_class
+class Config:
+    """Everything one run needs; saved beside every checkpoint."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            self.train.seq_len <= self.model.max_seq_len,
+            "train.seq_len",
+            f"{self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
+        )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Reads a YAML preset (or the defaults), applies dotted overrides, validates everything."""
+    data = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return from_dict(Config, data, source=str(path) if path else "config")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    dump(config, path)
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "MeshConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "config_class",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "to_dict",
+]

@@ -1,0 +1,74 @@
+"""The data config: corpus, cleaning, tokenizer and how text becomes batches."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from llm.config.base import check, config_class
+
+SourceFormat = Literal["auto", "txt", "jsonl", "parquet", "hf"]
+Normalization = Literal["NFC", "NFKC", "none"]
+EncodingErrors = Literal["strict", "replace"]
+Objective = Literal["causal", "mlm"]
+
+
+@config_class
+class DataConfig:
+    """Where training text comes from and how it becomes token batches (see docs/data.md)."""
+
+    corpus: str = "shakespeare"  # built-in name (shakespeare|milton) or a file, directory or glob
+    format: SourceFormat = "auto"  # reader for `corpus`; auto picks by file extension
+    text_field: str = "text"  # JSONL key / Parquet column / HF dataset column holding the text
+    txt_separator: str | None = None  # .txt: line that separates documents; null = one per file
+    hf_split: str = "train"  # split read from a Hugging Face dataset (format=hf)
+    encoding_errors: EncodingErrors = "strict"  # invalid UTF-8: strict = error, replace = U+FFFD
+    eval_corpus: str | None = "milton"  # out-of-domain corpus for perplexity (split "ood")
+    cache_dir: str | None = (
+        None  # downloads and token shards; null = $LLM_CACHE_DIR or ~/.cache/llm
+    )
+    tokenizer: str = "byte"  # "byte", a SentencePiece .model path, or a tokenizer.json path
+    val_fraction: float = 0.05  # fraction of documents held out for validation (at least one)
+    seed: int = 0  # seed of the document split, packing order and row shuffling
+    normalize: Normalization = "NFC"  # Unicode normalization form applied to every document
+    min_chars: int = 100  # quality filter: documents shorter than this (characters) are dropped
+    max_symbol_ratio: float = (
+        0.3  # quality filter: max fraction of non-alphanumeric, non-space chars
+    )
+    max_dup_line_ratio: float = 0.3  # quality filter: max fraction of chars in repeated long lines
+    dedup_exact: bool = (
+        True  # drop documents whose cleaned text is byte-identical to an earlier one
+    )
+    near_dup_threshold: float | None = 0.8  # MinHash Jaccard above which a doc is a near-duplicate
+    minhash_perms: int = 128  # MinHash signature length (hash functions)
+    minhash_bands: int = 16  # LSH bands; minhash_perms must be divisible by it
+    shingle_words: int = 5  # words per shingle for MinHash
+    add_bos: bool = True  # prepend the tokenizer's BOS id to every document
+    add_eos: bool = True  # append the tokenizer's EOS id to every document
+    objective: Objective = "causal"  # causal LM batches, or BERT-style masked LM (80/10/10)
+    mlm_rate: float = 0.15  # fraction of tokens selected for masked-LM prediction
+    read_threads: int = 2  # grain threads that read and pack rows in the background
+    prefetch: int = 8  # batches grain prepares ahead of the training step
+
+    def __post_init__(self) -> None:
+        check(bool(self.corpus.strip()), "corpus", "must not be empty")
+        check(bool(self.text_field), "text_field", "must not be empty")
+        check(self.txt_separator != "", "txt_separator", "must be null or a non-empty line")
+        check(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
+        check(self.min_chars >= 0, "min_chars", "must be non-negative")
+        check(0.0 < self.max_symbol_ratio <= 1.0, "max_symbol_ratio", "must be in (0, 1]")
+        check(0.0 < self.max_dup_line_ratio <= 1.0, "max_dup_line_ratio", "must be in (0, 1]")
+        check(
+            self.near_dup_threshold is None or 0.0 < self.near_dup_threshold <= 1.0,
+            "near_dup_threshold",
+            "must be in (0, 1] or null",
+        )
+        check(self.minhash_perms > 0, "minhash_perms", "must be positive")
+        check(
+            self.minhash_bands > 0 and self.minhash_perms % self.minhash_bands == 0,
+            "minhash_bands",
+            f"minhash_perms={self.minhash_perms} is not divisible by {self.minhash_bands}",
+        )
+        check(self.shingle_words > 0, "shingle_words", "must be positive")
+        check(0.0 < self.mlm_rate < 1.0, "mlm_rate", "must be in (0, 1)")
+        check(self.read_threads >= 0, "read_threads", "must be non-negative")
+        check(self.prefetch >= 0, "prefetch", "must be non-negative")

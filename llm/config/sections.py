@@ -1,0 +1,165 @@
+"""Config sections beside the model: optimiser, mesh, training loop, evaluation.
+
+Each section validates itself in `__post_init__`; `Config` checks what spans sections.
+Later features add fields to the section they belong to, each with a one-line comment.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from llm.config.base import check, config_class
+
+OptimizerName = Literal["adamw", "adafactor", "lion", "sgd", "muon"]
+ScheduleName = Literal["constant", "cosine", "linear", "wsd"]
+LossName = Literal["causal_lm"]
+
+
+@config_class
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: OptimizerName = "adamw"  # update rule
+    lr: float = 3e-4  # peak learning rate
+    weight_decay: float = 0.1  # decoupled weight decay (AdamW/Lion), masked off norms and biases
+    b1: float = 0.9  # first-moment decay (Adam/Lion) or momentum (SGD)
+    b2: float = 0.95  # second-moment decay
+    eps: float = 1e-8  # Adam denominator epsilon
+    grad_clip: float | None = 1.0  # global-norm clip threshold; null disables clipping
+    schedule: ScheduleName = "cosine"  # learning-rate shape after warmup
+    warmup_steps: int = 100  # linear warmup length in steps
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of the peak
+    decay_fraction: float = 0.2  # wsd: fraction of all steps spent in the final linear decay
+    no_decay_patterns: tuple[str, ...] = ("norm", "bias")  # regexes on param paths never decayed
+    decay_min_ndim: int = 2  # params with fewer dims (layer-stack axis not counted) never decayed
+    nesterov: bool = False  # sgd: Nesterov momentum
+    muon_adam_lr: float | None = None  # muon: AdamW lr of non-matrix params; null = lr
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, "weight_decay", "must be non-negative")
+        check(0.0 <= self.b1 < 1.0, "b1", "must be in [0, 1)")
+        check(0.0 <= self.b2 < 1.0, "b2", "must be in [0, 1)")
+        check(self.eps > 0, "eps", "must be positive")
+        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be positive")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be non-negative")
+        check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
+        check(0.0 < self.decay_fraction <= 1.0, "decay_fraction", "must be in (0, 1]")
+        check(self.decay_min_ndim >= 0, "decay_min_ndim", "must be non-negative")
+        for pattern in self.no_decay_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                check(False, "no_decay_patterns", f"{pattern!r} is not a regex: {err}")
+        check(
+            self.muon_adam_lr is None or self.muon_adam_lr > 0, "muon_adam_lr", "must be positive"
+        )
+
+
+@config_class
+class MeshConfig:
+    """Device mesh axis sizes; -1 means "all remaining devices" (at most one axis)."""
+
+    data: int = -1  # data-parallel replicas
+    fsdp: int = 1  # parameter/optimizer-state sharding (ZeRO-3 style)
+    tensor: int = 1  # tensor (model) parallelism within a layer
+    sequence: int = 1  # sequence/context parallelism
+
+    def __post_init__(self) -> None:
+        sizes = {k: getattr(self, k) for k in ("data", "fsdp", "tensor", "sequence")}
+        for key, size in sizes.items():
+            check(size == -1 or size > 0, key, f"must be positive or -1, got {size}")
+        check(
+            list(sizes.values()).count(-1) <= 1,
+            "data",
+            "at most one mesh axis may be -1",
+        )
+
+
+@config_class
+class TrainConfig:
+    """The training loop: batch shape, length, seeds, logging and checkpoint cadence."""
+
+    run_dir: str = "runs/default"  # where checkpoints, metrics and the resolved config go
+    steps: int = 1000  # optimiser steps to run
+    batch_size: int = 16  # sequences per optimiser step (global, across devices)
+    seq_len: int = 128  # tokens per sequence
+    grad_accum: int = 1  # micro-batches per step; batch_size must divide evenly
+    seed: int = 0  # seed of parameter init and dropout
+    log_every: int = 10  # steps between metric lines
+    eval_every: int = 200  # steps between validation passes (0 disables)
+    ckpt_every: int = 500  # steps between checkpoints (the last step is always saved)
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    keep_best: int = 1  # checkpoints with the lowest validation loss also kept (0 = none)
+    async_checkpointing: bool = True  # write checkpoints in a background thread
+    loss: LossName = "causal_lm"  # objective (a pure loss plug-in in llm/train/losses.py)
+    z_loss: float = 0.0  # weight of the z-loss log(Z)^2 per token (PaLM uses 1e-4)
+    label_smoothing: float = 0.0  # probability mass spread uniformly over the vocabulary
+    loss_chunk_size: int | None = None  # tokens per chunk of chunked cross-entropy; null = plain
+    loss_scale_init: float = 32768.0  # float16 only: initial dynamic loss scale
+    loss_scale_period: int = 2000  # float16 only: finite steps before the loss scale doubles
+    spike_skip: bool = False  # skip updates whose loss or grad norm spikes (counted, not fatal)
+    spike_window: int = 100  # steps in the rolling mean/std that spikes are judged against
+    spike_k: float = 6.0  # a spike is a value above mean + spike_k * std of the window
+    peak_flops: float | None = None  # device peak FLOP/s for MFU; null = measure a matmul
+    progress_bar: bool = True  # tqdm progress bar on stderr
+    tensorboard: bool = True  # write TensorBoard event files into run_dir/tb
+    wandb_project: str | None = None  # log to Weights & Biases under this project (if installed)
+    profile_steps: tuple[int, ...] = ()  # [first, last] step of a jax.profiler trace; () = off
+    resume: bool = True  # continue from the newest good checkpoint in run_dir
+
+    def __post_init__(self) -> None:
+        for key in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "grad_accum",
+            "log_every",
+            "keep_checkpoints",
+        ):
+            check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
+        for key in ("eval_every", "ckpt_every", "keep_best", "z_loss", "label_smoothing"):
+            check(getattr(self, key) >= 0, key, "must be non-negative")
+        check(self.label_smoothing < 1.0, "label_smoothing", "must be below 1")
+        check(
+            self.loss_chunk_size is None or self.loss_chunk_size > 0,
+            "loss_chunk_size",
+            "must be positive or null",
+        )
+        check(self.loss_scale_init > 0, "loss_scale_init", "must be positive")
+        check(self.loss_scale_period > 0, "loss_scale_period", "must be positive")
+        check(self.spike_window >= 2, "spike_window", "must be at least 2")
+        check(self.spike_k > 0, "spike_k", "must be positive")
+        check(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "must be positive")
+        check(
+            len(self.profile_steps) in (0, 2)
+            and (not self.profile_steps or 0 <= self.profile_steps[0] <= self.profile_steps[1]),
+            "profile_steps",
+            f"must be [] or [first, last] with first <= last, got {list(self.profile_steps)}",
+        )
+        check(
+            self.batch_size % self.grad_accum == 0,
+            "grad_accum",
+            f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}",
+        )
+
+
+@config_class
+class EvalConfig:
+    """Evaluation and sampling after (or during) training."""
+
+    batches: int = 20  # validation batches per evaluation
+    sample_tokens: int = 200  # tokens to sample after training
+    temperature: float = 0.8  # sampling temperature (0 = greedy)
+    prompt: str = ""  # text the post-training sample starts from
+    samples: int = 1  # samples printed after training / by eval.py
+    seed: int = 0  # seed of sampling
+    top_k: int | None = None  # sample only among the k most likely tokens; null = all
+
+    def __post_init__(self) -> None:
+        check(self.batches > 0, "batches", "must be positive")
+        check(self.sample_tokens >= 0, "sample_tokens", "must be non-negative")
+        check(self.temperature >= 0, "temperature", "must be non-negative")
+        check(self.samples >= 0, "samples", "must be non-negative")
+        check(self.top_k is None or self.top_k > 0, "top_k", "must be positive or null")

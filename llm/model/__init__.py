@@ -1,0 +1,20 @@
+"""The decoder-only Transformer and its pure-functional API (see `functional.py`)."""
+
+from llm.model.functional import (
+    abstract_params,
+    forward,
+    init_params,
+    logical_axes,
+    unembed,
+)
+from llm.model.transformer import ModelOutput, Transformer
+
+__all__ = [
+    "ModelOutput",
+    "Transformer",
+    "abstract_params",
+    "forward",
+    "init_params",
+    "logical_axes",
+    "unembed",
+]

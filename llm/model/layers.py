@@ -1,0 +1,115 @@
+"""Small NNX layers with logical axis names on every parameter.
+
+Logical axis names (mapped to mesh axes by one rules table in the sharding code; model code
+never names a mesh axis):
+
+    vocab  embed  mlp  heads  kv_heads  head_dim  position  layers
+
+Parameters are created with `eager_sharding=False`: Flax 0.12 would otherwise try to shard
+each variable the moment it is created, which needs a mesh in context. We decide placement
+once, elsewhere: params are built abstractly (`nnx.eval_shape`) and materialised by a jitted
+init whose `out_shardings` come from these names. The names live in each Param's
+`out_sharding` metadata and are read back by `llm.model.logical_axes`.
+
+Weights are stored in `param_dtype` and cast to the computation `dtype` where used.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llm.typing import Array
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+    """A Param initialised by `init(key, shape, dtype)`, tagged with logical `axes`."""
+    assert len(shape) == len(axes), (shape, axes)
+    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=axes, eager_sharding=False)
+
+
+def normal(std: float):
+    return nnx.initializers.normal(stddev=std)
+
+
+zeros = nnx.initializers.zeros_init()
+ones = nnx.initializers.ones_init()
+
+
+class Linear(nnx.Module):
+    """y = einsum(spec, x, w) [+ b]: a dense layer whose weight keeps its head structure.
+
+    `spec` is an einsum such as "BLD,DNH->BLNH" so q/k/v/o projections keep (heads, head_dim)
+    as separate, separately shardable axes instead of a flattened matrix.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        shape: tuple[int, ...],
+        axes: tuple[str, ...],
+        *,
+        bias_shape: tuple[int, ...] | None,
+        bias_axes: tuple[str, ...] = (),
+        std: float,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.spec, self.dtype = spec, dtype
+        self.w = param(rngs, normal(std), shape, axes, param_dtype)
+        self.b = param(rngs, zeros, bias_shape, bias_axes, param_dtype) if bias_shape else None
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.einsum(self.spec, x.astype(self.dtype), self.w[...].astype(self.dtype))
+        if self.b is not None:
+            y = y + self.b[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm (Ba et al., 2016, arXiv:1607.06450), statistics in float32."""
+
+    def __init__(self, dim: int, axis_name: str, *, eps: float, bias: bool, param_dtype, rngs):
+        self.eps = eps
+        self.scale = param(rngs, ones, (dim,), (axis_name,), param_dtype)
+        self.bias = param(rngs, zeros, (dim,), (axis_name,), param_dtype) if bias else None
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm (Zhang & Sennrich, 2019, arXiv:1910.07467): no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, axis_name: str, *, eps: float, param_dtype, rngs):
+        self.eps = eps
+        self.scale = param(rngs, ones, (dim,), (axis_name,), param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        rms = jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        return (x32 * rms * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def make_norm(cfg, dim: int, axis_name: str, rngs: nnx.Rngs) -> LayerNorm | RMSNorm:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, axis_name, eps=cfg.norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
+    return LayerNorm(
+        dim, axis_name, eps=cfg.norm_eps, bias=cfg.norm_bias, param_dtype=cfg.param_dtype, rngs=rngs
+    )
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout; identity when `key` is None (evaluation) or `rate` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)

@@ -1,0 +1,171 @@
+"""The decoder-only Transformer: one config-driven definition for every variant we teach.
+
+Design choices, each a config switch (see `ModelConfig`):
+* Positions: learned absolute (GPT-2), sinusoidal (Vaswani et al., 2017), RoPE
+  (Su et al., 2021) with linear / Llama-3.1 scaling, ALiBi (Press et al., 2022), or none
+  (NoPE; Kazemnejad et al., 2023, arXiv:2305.19466: causal masking alone leaks position).
+* Norms: LayerNorm or RMSNorm, pre-norm (Xiong et al., 2020, arXiv:2002.04745: stable
+  without warmup) or post-norm (the original Transformer; no final norm then).
+* Attention: MHA/GQA/MQA by the KV-head count, segment-id masks for packed sequences,
+  sliding window (Beltagy et al., 2020; Mistral), QK-norm, logit soft-capping.
+* Residual-branch output projections initialised with std / sqrt(2 * n_layers)
+  (GPT-2, Radford et al., 2019) so the residual stream's variance does not grow with depth.
+* Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so compile
+  time is independent of depth; each block can be rematerialised (Chen et al., 2016,
+  arXiv:1604.06174) with a policy from config.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from llm.config import ModelConfig
+from llm.model import positions
+from llm.model.attention import Attention, split_key
+from llm.model.layers import dropout, make_norm, normal, param
+from llm.model.mlp import MLP
+from llm.ops.masks import default_positions
+from llm.typing import Array
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@struct.dataclass
+class ModelOutput:
+    """What a forward pass returns.
+
+    logits_BLV: next-token logits (None when return_logits=False, e.g. for chunked losses).
+    hidden_BLD: the final hidden state, the input of the output layer.
+    hidden_states: [Y+1, B, L, D] when requested: the embedding output, then each block's.
+    aux_losses: named auxiliary losses (empty for dense models; MoE adds load balancing).
+    """
+
+    logits_BLV: Array | None
+    hidden_BLD: Array
+    hidden_states: Array | None = None
+    aux_losses: dict[str, Array] = struct.field(default_factory=dict)
+
+
+class Block(nnx.Module):
+    """Attention then MLP, each a residual branch with a norm before (pre) or after (post)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        out_std = cfg.init_std
+        if cfg.scale_residual_init:
+            out_std /= math.sqrt(2 * cfg.n_layers)
+        self.attn_norm = make_norm(cfg, cfg.d_model, "embed", rngs)
+        self.attn = Attention(cfg, out_std=out_std, rngs=rngs)
+        self.mlp_norm = make_norm(cfg, cfg.d_model, "embed", rngs)
+        self.mlp = MLP(cfg, out_std=out_std, rngs=rngs)
+
+    def __call__(self, x_BLD, positions_BL, segment_ids_BL, key: Array | None) -> Array:
+        rate = self.cfg.resid_dropout
+        k_attn, k_res1, k_res2 = split_key(key, 3)
+        if self.cfg.norm_placement == "pre":
+            h = self.attn(self.attn_norm(x_BLD), positions_BL, segment_ids_BL, k_attn)
+            x_BLD = x_BLD + dropout(h, rate, k_res1)
+            return x_BLD + dropout(self.mlp(self.mlp_norm(x_BLD)), rate, k_res2)
+        h = self.attn(x_BLD, positions_BL, segment_ids_BL, k_attn)
+        x_BLD = self.attn_norm(x_BLD + dropout(h, rate, k_res1))
+        return self.mlp_norm(x_BLD + dropout(self.mlp(x_BLD), rate, k_res2))
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        V, D, pdt = cfg.vocab_size, cfg.d_model, cfg.param_dtype
+        self.token_embed = param(rngs, normal(cfg.init_std), (V, D), ("vocab", "embed"), pdt)
+        pos_shape, pos_axes = (cfg.max_seq_len, D), ("position", "embed")
+        self.pos_embed = (
+            param(rngs, normal(cfg.init_std), pos_shape, pos_axes, pdt)
+            if cfg.pos_encoding == "learned"
+            else None
+        )
+        self.blocks = _stacked_blocks(cfg, rngs)
+        self.final_norm = make_norm(cfg, D, "embed", rngs) if cfg.norm_placement == "pre" else None
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else param(rngs, normal(cfg.init_std), (D, V), ("embed", "vocab"), pdt)
+        )
+
+    def __call__(
+        self,
+        tokens_BL: Array,
+        positions_BL: Array | None = None,
+        segment_ids_BL: Array | None = None,
+        dropout_key: Array | None = None,
+        return_logits: bool = True,
+        return_hidden_states: bool = False,
+    ) -> ModelOutput:
+        cfg = self.cfg
+        B, L = tokens_BL.shape
+        if positions_BL is None:
+            positions_BL = default_positions(B, L)
+        if segment_ids_BL is None:
+            segment_ids_BL = jnp.ones((B, L), jnp.int32)
+        k_embed, k_blocks = split_key(dropout_key, 2)
+        x_BLD = self.embed(tokens_BL, positions_BL)
+        x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
+        x_BLD, per_layer_YBLD = self._run_blocks(
+            x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states
+        )
+        hidden_states = None
+        if return_hidden_states:
+            hidden_states = jnp.concatenate([x0_BLD[None], per_layer_YBLD])
+        if self.final_norm is not None:
+            x_BLD = self.final_norm(x_BLD)
+        logits = self.logits(x_BLD) if return_logits else None
+        return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, hidden_states=hidden_states)
+
+    def embed(self, tokens_BL: Array, positions_BL: Array) -> Array:
+        cfg = self.cfg
+        x_BLD = jnp.take(self.token_embed[...], tokens_BL, axis=0).astype(cfg.dtype)
+        if self.pos_embed is not None:
+            x_BLD += jnp.take(self.pos_embed[...], positions_BL, axis=0).astype(cfg.dtype)
+        elif cfg.pos_encoding == "sinusoidal":
+            x_BLD += positions.sinusoidal(positions_BL, cfg.d_model).astype(cfg.dtype)
+        return x_BLD
+
+    def logits(self, x_BLD: Array) -> Array:
+        """Output layer: the tied embedding (transposed) or the separate lm_head."""
+        dtype = self.cfg.dtype
+        if self.lm_head is None:
+            return jnp.einsum(
+                "BLD,VD->BLV", x_BLD.astype(dtype), self.token_embed[...].astype(dtype)
+            )
+        return jnp.einsum("BLD,DV->BLV", x_BLD.astype(dtype), self.lm_head[...].astype(dtype))
+
+    def _run_blocks(self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool):
+        """Scans the stacked blocks; returns the output and, if `collect`, every block's."""
+        graphdef, stacked = nnx.split(self.blocks)
+        keys_Y = None if key is None else jax.random.split(key, self.cfg.n_layers)
+
+        def body(x_BLD, layer):
+            layer_state, layer_key = layer
+            y_BLD = nnx.merge(graphdef, layer_state)(x_BLD, positions_BL, segment_ids_BL, layer_key)
+            return y_BLD, (y_BLD if collect else None)
+
+        if self.cfg.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+        return jax.lax.scan(body, x_BLD, (stacked, keys_Y))
+
+
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """n_layers Blocks whose params carry a leading `layers` axis (for the scan)."""
+
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, rngs)
+
+    return make(rngs)

@@ -1,0 +1,1 @@
+"""Numerical building blocks below the model: attention backends and their masks."""

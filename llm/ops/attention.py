@@ -1,0 +1,106 @@
+"""Attention backend dispatch: one entry point, backends in their own modules.
+
+    attention(q_BLNH, k_BSKH, v_BSKH, ..., impl="xla" | "jax" | "cudnn")
+
+* ``xla``   the plain jnp reference (`attention_xla.py`); supports every feature.
+* ``jax``   `jax.nn.dot_product_attention` with its XLA implementation.
+* ``cudnn`` `jax.nn.dot_product_attention(implementation="cudnn")`: GPU only.
+
+Masks come from positions and segment ids (see `masks.py`); a feature a backend lacks raises
+`ValueError` naming the feature and backend rather than being silently dropped.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from llm.ops import masks
+from llm.ops.attention_xla import attention_reference
+from llm.typing import Array
+
+IMPLEMENTATIONS = ("xla", "jax", "cudnn")
+
+
+def attention(
+    q_BLNH: Array,
+    k_BSKH: Array,
+    v_BSKH: Array,
+    *,
+    q_segment_ids_BL: Array | None = None,
+    kv_segment_ids_BS: Array | None = None,
+    q_positions_BL: Array | None = None,
+    kv_positions_BS: Array | None = None,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    alibi_slopes_N: Array | None = None,
+    softcap: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_key: Array | None = None,
+    impl: str = "xla",
+) -> Array:
+    """Multi-head / grouped-query attention; returns out_BLNH in q's dtype.
+
+    Segment ids default to one segment (no padding); positions default to 0..L-1 and 0..S-1.
+    """
+    B, L, N, _ = q_BLNH.shape
+    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    if N % K:
+        raise ValueError(f"query heads {N=} must be a multiple of key/value heads {K=}")
+    if q_segment_ids_BL is None:
+        q_segment_ids_BL = jnp.ones((B, L), jnp.int32)
+    if kv_segment_ids_BS is None:
+        kv_segment_ids_BS = q_segment_ids_BL if S == L else jnp.ones((B, S), jnp.int32)
+    if q_positions_BL is None:
+        q_positions_BL = masks.default_positions(B, L)
+    if kv_positions_BS is None:
+        kv_positions_BS = q_positions_BL if S == L else masks.default_positions(B, S)
+    mask_BLS = masks.attention_mask(
+        q_segment_ids_BL,
+        kv_segment_ids_BS,
+        q_positions_BL,
+        kv_positions_BS,
+        causal=causal,
+        sliding_window=sliding_window,
+    )
+    bias_BNLS = None
+    if alibi_slopes_N is not None:
+        bias_BNLS = masks.alibi_bias(alibi_slopes_N, q_positions_BL, kv_positions_BS)
+    if impl == "xla":
+        return attention_reference(
+            q_BLNH,
+            k_BSKH,
+            v_BSKH,
+            mask_BLS,
+            bias_BNLS=bias_BNLS,
+            softcap=softcap,
+            dropout_rate=dropout_rate,
+            dropout_key=dropout_key,
+        )
+    if impl in ("jax", "cudnn"):
+        _require(softcap is None, "logit soft-capping", impl)
+        _require(dropout_rate == 0.0, "attention dropout", impl)
+        return _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl)
+    raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLEMENTATIONS}")
+
+
+def _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl: str) -> Array:
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention impl 'cudnn' needs a GPU; backend is {jax.default_backend()!r}"
+        )
+    out_BLNH = jax.nn.dot_product_attention(
+        q_BLNH,
+        k_BSKH,
+        v_BSKH,
+        bias=None if bias_BNLS is None else bias_BNLS.astype(q_BLNH.dtype),
+        mask=mask_BLS[:, None],
+        implementation="cudnn" if impl == "cudnn" else "xla",
+    )
+    any_visible_BL = mask_BLS.any(-1)
+    return jnp.where(any_visible_BL[:, :, None, None], out_BLNH, 0).astype(q_BLNH.dtype)
+
+
+def _require(ok: bool, feature: str, impl: str) -> None:
+    if not ok:
+        raise ValueError(f"{feature} is not supported by attention impl {impl!r}; use 'xla'")

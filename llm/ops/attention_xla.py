@@ -1,0 +1,48 @@
+"""Plain attention in jnp: the reference every other backend is tested against.
+
+Grouped-query attention without repeating K/V: queries are viewed as (K kv heads) x (G
+queries per kv head) and contracted against the K kv heads directly (Ainslie et al., 2023,
+arXiv:2305.13245). Logits and softmax are float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from llm.typing import Array
+
+NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def attention_reference(
+    q_BLNH: Array,
+    k_BSKH: Array,
+    v_BSKH: Array,
+    mask_BLS: Array,
+    *,
+    bias_BNLS: Array | None = None,
+    softcap: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_key: Array | None = None,
+) -> Array:
+    """softmax(q k^T / sqrt(H) [+ bias], masked) v; rows with no visible key give zeros."""
+    B, L, N, H = q_BLNH.shape
+    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    q_BLKGH = q_BLNH.reshape(B, L, K, N // K, H)
+    logits_BKGLS = jnp.einsum(
+        "BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH, preferred_element_type=jnp.float32
+    ) * (H**-0.5)
+    if softcap is not None:
+        logits_BKGLS = softcap * jnp.tanh(logits_BKGLS / softcap)
+    if bias_BNLS is not None:
+        logits_BKGLS += bias_BNLS.reshape(B, K, N // K, L, S)
+    mask_B11LS = mask_BLS[:, None, None]
+    logits_BKGLS = jnp.where(mask_B11LS, logits_BKGLS, NEG_INF)
+    probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1)
+    probs_BKGLS = jnp.where(mask_B11LS.any(-1, keepdims=True), probs_BKGLS, 0.0)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs_BKGLS.shape)
+        probs_BKGLS = jnp.where(keep, probs_BKGLS / (1.0 - dropout_rate), 0.0)
+    out_BLKGH = jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS.astype(v_BSKH.dtype), v_BSKH)
+    return out_BLKGH.reshape(B, L, N, H)
