@@ -134,9 +134,9 @@ class TrainConfig:
         check(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "must be positive")
         check(
             len(self.profile_steps) in (0, 2)
-            and (not self.profile_steps or 0 <= self.profile_steps[0] <= self.profile_steps[1]),
+            and (not self.profile_steps or 0 <= self.profile_steps[0] < self.profile_steps[1]),
             "profile_steps",
-            f"must be [] or [first, last] with first <= last, got {list(self.profile_steps)}",
+            f"must be [] or [first, last] with first < last, got {list(self.profile_steps)}",
         )
         check(
             self.batch_size % self.grad_accum == 0,

@@ -100,21 +100,22 @@ def block_ranges(
     ids prove every pair masked. Returns int32 (kv_lo_BI, kv_hi_BI, q_lo_BJ, q_hi_BJ); an empty
     range is lo = hi = 0. Lengths must already be multiples of the block sizes.
     """
-    B, L = q_segment_ids_BL.shape
-    S = kv_segment_ids_BS.shape[1]
+    B = q_segment_ids_BL.shape[0]
+    BIG = 1 << 29
+    def stats(x, seg, block):
+        # Over non-padding tokens only (segment 0 neither sees nor is seen): an all-padding
+        # block gets (BIG, -BIG), which fails every overlap test below. BIG = 2^29 keeps the
+        # differences inside int32.
+        x, real = x.reshape(B, -1, block), seg.reshape(B, -1, block) != 0
+        return jnp.where(real, x, BIG).min(-1), jnp.where(real, x, -BIG).max(-1)
 
-    def stats(x, n_blocks, block):
-        x = x.reshape(B, n_blocks, block)
-        return x.min(-1), x.max(-1)
-
-    qs_lo, qs_hi = stats(q_segment_ids_BL, L // block_q, block_q)
-    ks_lo, ks_hi = stats(kv_segment_ids_BS, S // block_k, block_k)
-    qp_lo, qp_hi = stats(q_positions_BL, L // block_q, block_q)
-    kp_lo, kp_hi = stats(kv_positions_BS, S // block_k, block_k)
+    qs_lo, qs_hi = stats(q_segment_ids_BL, q_segment_ids_BL, block_q)
+    ks_lo, ks_hi = stats(kv_segment_ids_BS, kv_segment_ids_BS, block_k)
+    qp_lo, qp_hi = stats(q_positions_BL, q_segment_ids_BL, block_q)
+    kp_lo, kp_hi = stats(kv_positions_BS, kv_segment_ids_BS, block_k)
     live_BIJ = jnp.maximum(qs_lo[:, :, None], ks_lo[:, None, :]) <= jnp.minimum(
         qs_hi[:, :, None], ks_hi[:, None, :]
     )
-    live_BIJ &= (ks_hi > 0)[:, None, :]
     if causal:
         live_BIJ &= kp_lo[:, None, :] <= qp_hi[:, :, None]
     if sliding_window is not None:
@@ -161,7 +162,9 @@ def tile_visible(q_pos, q_seg, k_pos, k_seg, st: Static) -> Array:
 
 def tile_alibi(slope, q_pos, k_pos) -> Array:
     """ALiBi bias -slope * |pos_q - pos_k| (Press et al., 2022, arXiv:2108.12409)."""
-    return -slope * jnp.abs(q_pos - k_pos).astype(jnp.float32)
+    delta = q_pos - k_pos
+    # max(d, -d), not abs(d): Mosaic lowers integer abs through sign(), which needs a live TPU.
+    return -slope * jnp.maximum(delta, -delta).astype(jnp.float32)
 
 
 def tile_probs(q_QH, k_KH, q_pos, q_seg, k_pos, k_seg, slope, lse_Q1, st: Static):

@@ -27,7 +27,7 @@ def _abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(cfg: ModelConfig, key: Array) -> PyTree:
-    return nnx.split(Transformer(cfg, nnx.Rngs(params=key)))[1].to_pure_dict()
+    return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(params=key)))[1])
 
 
 def init_params(cfg: ModelConfig, key: Array) -> PyTree:
@@ -37,7 +37,7 @@ def init_params(cfg: ModelConfig, key: Array) -> PyTree:
 
 def abstract_params(cfg: ModelConfig) -> PyTree:
     """The params pytree as `jax.ShapeDtypeStruct`s: shapes and dtypes at no memory cost."""
-    return _abstract(cfg)[1].to_pure_dict()
+    return nnx.to_pure_dict(_abstract(cfg)[1])
 
 
 def logical_axes(cfg: ModelConfig) -> PyTree:
@@ -48,7 +48,7 @@ def logical_axes(cfg: ModelConfig) -> PyTree:
         state,
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
-    return nnx.State(specs).to_pure_dict() if not isinstance(specs, dict) else specs
+    return nnx.to_pure_dict(specs)
 
 
 def forward(
@@ -61,8 +61,13 @@ def forward(
     dropout_key: Array | None = None,
     return_logits: bool = True,
     return_hidden_states: bool = False,
+    input_embeddings_BLD: Array | None = None,
 ) -> ModelOutput:
-    """Runs the model; `dropout_key=None` is deterministic (evaluation)."""
+    """Runs the model; `dropout_key=None` is deterministic (evaluation).
+
+    `input_embeddings_BLD` replaces the token-embedding lookup (soft prompts, gradient
+    probes); `inputs_BL` still fixes the batch shape.
+    """
     model = nnx.merge(_abstract(cfg)[0], params)
     return model(
         inputs_BL,
@@ -71,6 +76,7 @@ def forward(
         dropout_key=dropout_key,
         return_logits=return_logits,
         return_hidden_states=return_hidden_states,
+        input_embeddings_BLD=input_embeddings_BLD,
     )
 
 

@@ -26,7 +26,7 @@ from llm.typing import Array
 def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
     """A Param initialised by `init(key, shape, dtype)`, tagged with logical `axes`."""
     assert len(shape) == len(axes), (shape, axes)
-    return nnx.Param(init(rngs.params(), shape, dtype), sharding_names=axes, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes, eager_sharding=False)
 
 
 def normal(std: float):

@@ -106,7 +106,9 @@ class Transformer(nnx.Module):
         dropout_key: Array | None = None,
         return_logits: bool = True,
         return_hidden_states: bool = False,
+        input_embeddings_BLD: Array | None = None,
     ) -> ModelOutput:
+        """`input_embeddings_BLD`, if given, replaces the token lookup (soft prompts, probes)."""
         cfg = self.cfg
         B, L = tokens_BL.shape
         if positions_BL is None:
@@ -114,7 +116,7 @@ class Transformer(nnx.Module):
         if segment_ids_BL is None:
             segment_ids_BL = jnp.ones((B, L), jnp.int32)
         k_embed, k_blocks = split_key(dropout_key, 2)
-        x_BLD = self.embed(tokens_BL, positions_BL)
+        x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD)
         x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
         x_BLD, per_layer_YBLD = self._run_blocks(
             x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states
@@ -127,9 +129,12 @@ class Transformer(nnx.Module):
         logits = self.logits(x_BLD) if return_logits else None
         return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, hidden_states=hidden_states)
 
-    def embed(self, tokens_BL: Array, positions_BL: Array) -> Array:
+    def embed(self, tokens_BL: Array, positions_BL: Array, x_BLD: Array | None = None) -> Array:
+        """Token embeddings (or the given ones) plus absolute position information."""
         cfg = self.cfg
-        x_BLD = jnp.take(self.token_embed[...], tokens_BL, axis=0).astype(cfg.dtype)
+        if x_BLD is None:
+            x_BLD = jnp.take(self.token_embed[...], tokens_BL, axis=0)
+        x_BLD = x_BLD.astype(cfg.dtype)
         if self.pos_embed is not None:
             x_BLD += jnp.take(self.pos_embed[...], positions_BL, axis=0).astype(cfg.dtype)
         elif cfg.pos_encoding == "sinusoidal":

@@ -1,10 +1,15 @@
 """Attention backend dispatch: one entry point, backends in their own modules.
 
-    attention(q_BLNH, k_BSKH, v_BSKH, ..., impl="xla" | "jax" | "cudnn")
+    attention(q_BLNH, k_BSKH, v_BSKH, ..., impl="xla" | "jax" | "cudnn" | "pallas" | "auto")
 
-* ``xla``   the plain jnp reference (`attention_xla.py`); supports every feature.
-* ``jax``   `jax.nn.dot_product_attention` with its XLA implementation.
-* ``cudnn`` `jax.nn.dot_product_attention(implementation="cudnn")`: GPU only.
+* ``xla``    the plain jnp reference (`attention_xla.py`); supports every feature.
+* ``jax``    `jax.nn.dot_product_attention` with its XLA implementation.
+* ``cudnn``  `jax.nn.dot_product_attention(implementation="cudnn")`: GPU only.
+* ``pallas`` our flash-attention kernels (`llm/kernels/`): Triton on GPU, Mosaic on TPU. On CPU
+             (no Pallas compiler) the GPU kernel runs in Pallas' interpreter: slow, exact, and
+             how the tests check the kernels and the model with ``attention_impl="pallas"``.
+             Everything but attention dropout.
+* ``auto``   the best available for the backend and features, see `choose_impl`.
 
 Masks come from positions and segment ids (see `masks.py`); a feature a backend lacks raises
 `ValueError` naming the feature and backend rather than being silently dropped.
@@ -19,7 +24,7 @@ from llm.ops import masks
 from llm.ops.attention_xla import attention_reference
 from llm.typing import Array
 
-IMPLEMENTATIONS = ("xla", "jax", "cudnn")
+IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas", "auto")
 
 
 def attention(
@@ -55,6 +60,18 @@ def attention(
         q_positions_BL = masks.default_positions(B, L)
     if kv_positions_BS is None:
         kv_positions_BS = q_positions_BL if S == L else masks.default_positions(B, S)
+    if impl == "auto":
+        impl = choose_impl(
+            jax.default_backend(), dtype=q_BLNH.dtype, head_dim=q_BLNH.shape[-1],
+            softcap=softcap, dropout_rate=dropout_rate,
+        )
+    if impl == "pallas":
+        _require(dropout_rate == 0.0, "attention dropout", impl)
+        return _pallas(
+            q_BLNH, k_BSKH, v_BSKH,
+            (q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS),
+            alibi_slopes_N, causal=causal, sliding_window=sliding_window, softcap=softcap,
+        )
     mask_BLS = masks.attention_mask(
         q_segment_ids_BL,
         kv_segment_ids_BS,
@@ -82,6 +99,41 @@ def attention(
         _require(dropout_rate == 0.0, "attention dropout", impl)
         return _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl)
     raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLEMENTATIONS}")
+
+
+def choose_impl(
+    backend: str, *, dtype, head_dim: int, softcap: float | None, dropout_rate: float
+) -> str:
+    """What ``impl="auto"`` runs: the fastest backend that supports every requested feature.
+
+    Dropout: only the reference has it. GPU: cuDNN's fused kernel for bf16/fp16 with head dims
+    it covers and no soft-capping, else our Triton kernel. TPU: our Mosaic kernel. Anything
+    else (CPU): the XLA reference, since Pallas would run in its slow interpreter there.
+    """
+    if dropout_rate > 0.0:
+        return "xla"
+    if backend == "gpu":
+        cudnn_ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim in (64, 128)
+        return "cudnn" if cudnn_ok and softcap is None else "pallas"
+    if backend == "tpu":
+        return "pallas"
+    return "xla"
+
+
+def _pallas(q_BLNH, k_BSKH, v_BSKH, ids, alibi_slopes_N, **features) -> Array:
+    """Our kernels: Triton on GPU, Mosaic on TPU, the GPU kernel interpreted on CPU."""
+    from llm.kernels import flash_attention_gpu, flash_attention_tpu
+
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return flash_attention_tpu.flash_attention(
+            q_BLNH, k_BSKH, v_BSKH, *ids, alibi_slopes_N, **features
+        )
+    if backend not in ("gpu", "cpu"):
+        raise ValueError(f"attention impl 'pallas' has no kernel for backend {backend!r}")
+    return flash_attention_gpu.flash_attention(
+        q_BLNH, k_BSKH, v_BSKH, *ids, alibi_slopes_N, interpret=backend == "cpu", **features
+    )
 
 
 def _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl: str) -> Array:

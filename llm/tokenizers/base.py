@@ -28,3 +28,9 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def encode_batch(tok: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Encode many texts, through the tokenizer's own batched path when it has one."""
+    batched = getattr(tok, "encode_batch", None)
+    return batched(texts) if batched else [tok.encode(t) for t in texts]

@@ -1,0 +1,72 @@
+"""`llm data prepare|report|tokenize [--config FILE] [key=value ...]`: the data pipeline by hand.
+
+llm data prepare                   # download/cache the corpus, tokenize it, print statistics
+llm data report                    # what each cleaning / dedup stage removed
+llm data tokenize --out DIR        # write pre-tokenized shards; then data.corpus=DIR reads them
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from llm.cli_args import add_config_args, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="prepare, inspect and tokenize training data")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    helps = {
+        "prepare": "download/cache the corpus and its token shards, print statistics",
+        "report": "print what each cleaning and deduplication stage removed",
+        "tokenize": "write pre-tokenized shards of every split to a folder",
+    }
+    for name, text in helps.items():
+        sub = actions.add_parser(name, help=text)
+        add_config_args(sub)
+        if name == "tokenize":
+            sub.add_argument("--out", required=True, help="folder for the shards and report.json")
+        sub.set_defaults(func=run)
+
+
+def load_tokenizer_for(name: str):
+    """The configured tokenizer (byte-level unless the tokenizer package provides more)."""
+    import llm.tokenizers as tokenizers
+
+    if hasattr(tokenizers, "load_tokenizer"):
+        return tokenizers.load_tokenizer(name)
+    if name != "byte":
+        raise ValueError(f"data.tokenizer={name!r}: only 'byte' is available in this build")
+    return tokenizers.ByteTokenizer()
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm.data import CorpusDownloadError, ShardError, SourceError, load_shards
+    from llm.data.tokenized import build_shards
+
+    cfg = config_from_args(args)
+    try:
+        tokenizer = load_tokenizer_for(cfg.data.tokenizer)
+        if args.action == "tokenize":
+            report = build_shards(cfg.data, cfg.data.corpus, tokenizer, Path(args.out))
+            print(report.format())
+            print(f"wrote shards to {args.out}; train on them with data.corpus={args.out}")
+            return 0
+        corpora = [False] + ([True] if cfg.data.eval_corpus else [])
+        for ood in corpora:
+            start = time.perf_counter()
+            shards, report, key = load_shards(cfg.data, tokenizer, ood=ood)
+            if args.action == "report":
+                print(report.format() + "\n")
+                continue
+            seconds = time.perf_counter() - start
+            print(f"corpus {report.source} (cache key {key}, ready in {seconds:.1f} s):")
+            for name, shard in shards.items():
+                print(f"  {name:<11} {shard.num_docs:>6} documents {shard.num_tokens:>12,} tokens")
+    except (CorpusDownloadError, SourceError, ShardError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

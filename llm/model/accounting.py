@@ -1,0 +1,149 @@
+"""Parameter counts, FLOPs per token and memory estimates, computed without allocating.
+
+Counts come from `jax.eval_shape` of the real model (`abstract_params`), so they are exact
+for any config. FLOPs follow Kaplan et al. (2020, arXiv:2001.08361) and Hoffmann et al.
+(2022): a matmul with an (m x n) weight costs 2mn FLOPs per token forward, the backward
+pass twice the forward, so training = 3 x forward. Attention adds, per layer and token,
+2 * ctx * N * H for q k^T and the same for probs @ v, where ctx is the number of keys a
+query sees. Causal masking halves the *useful* work: the average context over positions
+1..L is (L + 1) / 2 keys, which is the "causal halving" used here (exactly, not L / 2).
+A dense kernel that computes the whole L x L score matrix (XLA's reference attention)
+does the work of ctx = L; `attention="dense"` counts that, and is what XLA's own cost
+analysis reports. Element-wise work (norms, softmax, activations) is not counted.
+
+Activation memory follows Korthikanti et al. (2022, arXiv:2205.05198), Eq. 2, per layer:
+s*b*d*(34 + 5*n*s/d) bytes at 16-bit with no recomputation; full recomputation keeps only
+each block's input (2*s*b*d bytes per layer) plus one block's full activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import numpy as np
+
+from llm.config import Config, ModelConfig
+from llm.model.functional import abstract_params
+
+EMBEDDING_KEYS = ("token_embed", "pos_embed", "lm_head")
+OPTIMIZER_STATE_FLOATS = {"adamw": 2, "lion": 1, "sgd": 1, "muon": 1, "adafactor": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    embedding: int  # token embedding, learned positions and an untied output layer
+    non_embedding: int
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    params = abstract_params(cfg)
+    total = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    embedding = sum(
+        math.prod(x.shape) for k in EMBEDDING_KEYS if k in params for x in [params[k]]
+    )
+    return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding)
+
+
+def mean_context(seq_len: int, sliding_window: int | None, causal: bool = True) -> float:
+    """Average number of keys a query attends to over positions 0..seq_len-1."""
+    if not causal:
+        return float(seq_len)
+    visible = np.arange(1, seq_len + 1)
+    if sliding_window is not None:
+        visible = np.minimum(visible, sliding_window)
+    return float(visible.mean())
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Weights used in a matmul per token: all block projections plus the output layer."""
+    D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.d_ff
+    attn = D * N * H * 2 + D * K * H * 2
+    mlp = D * F * (3 if cfg.gated else 2)
+    return cfg.n_layers * (attn + mlp) + D * cfg.vocab_size
+
+
+def forward_flops_per_token(
+    cfg: ModelConfig, seq_len: int, attention: Literal["causal", "dense"] = "causal"
+) -> float:
+    """Forward FLOPs per token: 2 x matmul params + attention scores and mixing."""
+    ctx = mean_context(seq_len, cfg.sliding_window, causal=attention == "causal")
+    if attention == "dense":
+        ctx = float(seq_len)
+    attn = 4 * ctx * cfg.n_heads * cfg.head_size * cfg.n_layers
+    return 2 * matmul_params(cfg) + attn
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward + backward (2 x forward) = 3 x forward; remat recomputation not counted."""
+    return 3 * forward_flops_per_token(cfg, seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    params: int  # bytes of parameters in param_dtype
+    grads: int  # bytes of gradients (param_dtype)
+    optimizer: int  # bytes of optimizer state (float32 moments)
+    activations: int  # bytes of activations saved for the backward pass
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + self.activations
+
+
+def memory_estimate(cfg: Config) -> MemoryEstimate:
+    m = cfg.model
+    n = param_counts(m).total
+    pbytes = np.dtype(m.param_dtype).itemsize
+    moments = OPTIMIZER_STATE_FLOATS[cfg.optim.name]
+    opt = 4 * n * moments
+    if cfg.optim.name == "adafactor":  # factored second moments: one row + one column per matrix
+        opt = 4 * sum(sum(x.shape[-2:]) for x in jax.tree.leaves(abstract_params(m)))
+    return MemoryEstimate(
+        params=n * pbytes, grads=n * pbytes, optimizer=opt, activations=activation_bytes(cfg)
+    )
+
+
+def activation_bytes(cfg: Config) -> int:
+    """Saved activations for one micro-batch (Korthikanti et al., 2022, scaled to dtype)."""
+    m, t = cfg.model, cfg.train
+    s, b, d = t.seq_len, t.batch_size // t.grad_accum, m.d_model
+    scale = np.dtype(m.dtype).itemsize / 2  # the paper's constants are for 16-bit
+    full_layer = s * b * d * (34 + 5 * m.n_heads * s / d) * scale
+    logits = s * b * m.vocab_size * 4  # float32 logits for the loss
+    if m.remat == "none":
+        per_layer_total = m.n_layers * full_layer
+    elif m.remat == "full":
+        per_layer_total = m.n_layers * 2 * s * b * d * scale + full_layer
+    else:  # dots policies keep matmul outputs: about half of the unrecomputed activations
+        per_layer_total = m.n_layers * full_layer / 2 + full_layer / 2
+    return int(per_layer_total + logits)
+
+
+def report(cfg: Config) -> str:
+    """The dry-run table: counts, FLOPs per token and memory for one config."""
+    m, L = cfg.model, cfg.train.seq_len
+    counts, mem = param_counts(m), memory_estimate(cfg)
+    fwd = forward_flops_per_token(m, L)
+    rows = [
+        ("parameters (total)", f"{counts.total:,}"),
+        ("  embedding", f"{counts.embedding:,}"),
+        ("  non-embedding", f"{counts.non_embedding:,}"),
+        (f"forward FLOPs/token (seq {L}, causal)", f"{fwd:.4g}"),
+        ("training FLOPs/token (3x forward)", f"{3 * fwd:.4g}"),
+        (f"training FLOPs/step (batch {cfg.train.batch_size})", f"{3 * fwd * L * cfg.train.batch_size:.4g}"),
+        (f"params ({m.param_dtype})", _gib(mem.params)),
+        ("gradients", _gib(mem.grads)),
+        (f"optimizer state ({cfg.optim.name})", _gib(mem.optimizer)),
+        (f"activations (remat={m.remat}, {m.dtype})", _gib(mem.activations)),
+        ("total (one device, unsharded)", _gib(mem.total)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:>18}" for k, v in rows)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.3f} GiB"

@@ -1,0 +1,292 @@
+"""The training driver: `train(cfg)` runs, evaluates, checkpoints and resumes a run.
+
+    result = train(load_config("configs/default.yaml"))
+
+Order of business each step: next batch -> jitted step (asynchronous dispatch) -> every
+`log_every` steps the pending metrics are fetched, checked and written. Nothing else forces
+the host to wait for the device, so Python overhead overlaps with compute.
+
+Failure handling:
+  * A non-finite loss or gradient aborts with `TrainingDiverged` naming the step, the loss,
+    the gradient norm and the parameters whose gradients are non-finite. Metrics are always
+    checked before a checkpoint is written, so a diverged state never replaces a good one.
+  * With `train.spike_skip`, spiking steps are skipped inside the step (see step.py) and
+    counted; the count is logged and reported at the end.
+  * SIGTERM / SIGINT set a flag; the loop finishes the current step, writes a checkpoint,
+    waits for it to reach the disk and returns (`result["stopped"]` is the signal name).
+    A second SIGINT interrupts at once.
+  * On start the newest good checkpoint in `run_dir` is restored (`train.resume`), together
+    with the data iterator's position, so the continued run matches an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from llm.config import Config, save_config, to_dict
+from llm.train.checkpoint import Checkpointer
+from llm.train.evaluate import evaluate
+from llm.train.losses import make_loss
+from llm.train.metrics import MetricsLogger, flops_per_token, measure_peak_flops
+from llm.train.optim import make_optimizer, make_schedule, param_paths
+from llm.train.state import TrainState, init_state
+from llm.train.step import make_train_step
+
+Batches = Iterator[dict[str, np.ndarray]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradients became NaN/Inf; the last good checkpoint is untouched."""
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The run's tokenizer (`data.tokenizer`): via llm.tokenizers.load_tokenizer when present."""
+    import llm.tokenizers as tokenizers
+
+    if hasattr(tokenizers, "load_tokenizer"):
+        return tokenizers.load_tokenizer(spec)
+    if spec == "byte":
+        return tokenizers.ByteTokenizer()
+    raise ValueError(f"data.tokenizer: cannot load {spec!r} (only 'byte' is available here)")
+
+
+def default_batches(cfg: Config, split: str, tokenizer: Any) -> Batches:
+    from llm.data import make_batches
+
+    return make_batches(cfg, split, tokenizer, process_index=0, process_count=1)
+
+
+class _SignalFlag:
+    """Records SIGTERM/SIGINT instead of dying; restores the old handlers on exit."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.name == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _diverged_message(step: int, m: dict[str, Any]) -> str:
+    bad = [p for p, ok in zip(*_flat_paths(m["grad_finite"]), strict=True) if not ok]
+    where = ", ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
+    return (
+        f"non-finite training at step {step}: loss={m['loss']}, grad_norm={m['grad_norm']}, "
+        f"param_norm={m['param_norm']}, lr={m['lr']}; non-finite gradients in: {where or 'none'}. "
+        "No checkpoint was written after the last good one."
+    )
+
+
+def _flat_paths(tree: Any) -> tuple[list[str], list[Any]]:
+    return jax.tree.leaves(param_paths(tree)), jax.tree.leaves(tree)
+
+
+class Trainer:
+    """One run: owns the state, the step function, the iterators and the sinks."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        train_batches: Batches | None = None,
+        val_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        from llm.model import init_params, logical_axes
+
+        self.cfg, t = cfg, cfg.train
+        self.run_dir = Path(t.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.data.tokenizer)
+        _check_vocab(cfg, self.tokenizer)
+        params = init_params(cfg.model, jax.random.key(t.seed))
+        self.schedule = make_schedule(cfg.optim, t.steps)
+        tx = make_optimizer(cfg.optim, t.steps, params, logical_axes(cfg.model))
+        scale = t.loss_scale_init if cfg.model.dtype == "float16" else 1.0
+        self.state: TrainState = init_state(
+            params, tx, seed=t.seed, loss_scale=scale, spike_window=t.spike_window
+        )
+        self.step_fn = make_train_step(cfg, make_loss(cfg), tx, self.schedule)
+        self.ckpt = Checkpointer(
+            self.run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=t.async_checkpointing
+        )
+        self.batches = train_batches or default_batches(cfg, "train", self.tokenizer)
+        self.val_batches = val_batches or (lambda: default_batches(cfg, "validation", self.tokenizer))
+        self.resumed_from = self._resume() if t.resume else None
+        self.start = int(self.state.step)
+        self.val: dict[str, float] | None = None
+        self.profiling = False
+
+    def _resume(self) -> int | None:
+        restored = self.ckpt.restore(self.state)
+        if restored is None:
+            return None
+        self.state = restored.state
+        self.batches.set_state(restored.data_state)
+        return restored.step
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"config": to_dict(self.cfg), "tokenizer": self.cfg.data.tokenizer}
+
+    def save(self, val_loss: float | None = None) -> None:
+        self.ckpt.save(self.state, data_state=self.batches.get_state(), meta=self.meta, val_loss=val_loss)
+
+    def run_eval(self, log: MetricsLogger) -> dict[str, float]:
+        m = self.cfg
+        self.val = evaluate(m.model, self.state.params, self.val_batches(), self.tokenizer, m.eval.batches)
+        step = int(self.state.step)
+        log.log(step, self.val, prefix="val")
+        log.message(f"step {step}: val loss {self.val['loss']:.4f}, ppl {self.val['ppl']:.2f}, bpb {self.val['bpb']:.4f}")
+        return self.val
+
+
+def _check_vocab(cfg: Config, tokenizer: Any) -> None:
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"vocabulary ({tokenizer.vocab_size} ids from data.tokenizer={cfg.data.tokenizer!r})"
+        )
+
+
+class _Window:
+    """Metrics of the steps since the last flush, with the wall time they took."""
+
+    def __init__(self, step: int) -> None:
+        self.pending: list[tuple[int, dict[str, Any]]] = []
+        self.t0 = time.perf_counter()
+        self.first_step = step
+        self.untimed = 0  # leading steps excluded from the step time (the compiling one)
+
+    def exclude_compile(self) -> None:
+        """Called after the run's first step: its time is compilation, not a step."""
+        jax.block_until_ready(self.pending[-1][1])
+        self.untimed, self.t0 = len(self.pending), time.perf_counter()
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        self.pending.append((step, metrics))
+
+
+def train(
+    cfg: Config,
+    *,
+    train_batches: Batches | None = None,
+    val_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """Trains `cfg` to `cfg.train.steps` (resuming if possible); returns a summary dict.
+
+    `train_batches` / `val_batches` replace the configured data pipeline (tests, custom data);
+    `train_batches` must offer `get_state()` / `set_state()` like `llm.data.make_batches`.
+    """
+    trainer = Trainer(cfg, train_batches=train_batches, val_batches=val_batches, tokenizer=tokenizer)
+    try:
+        return _run(trainer)
+    finally:
+        trainer.ckpt.wait()
+        trainer.ckpt.close()
+
+
+def _flush(tr: Trainer, window: _Window, log: MetricsLogger, rates: tuple[float, float]) -> float:
+    """Fetches pending metrics, aborts on non-finite ones, logs every step; returns last loss."""
+    fetched = jax.device_get([m for _, m in window.pending])
+    elapsed = time.perf_counter() - window.t0
+    n = len(fetched)
+    step_s = elapsed / max(n - window.untimed, 1)
+    tokens_per_s = tr.cfg.train.batch_size * tr.cfg.train.seq_len / step_s
+    flops_per_tok, peak = rates
+    for (step, _), m in zip(window.pending, fetched, strict=True):
+        if not bool(m["finite"]):
+            raise TrainingDiverged(_diverged_message(step, m))
+        record = {k: v for k, v in m.items() if k not in ("finite", "grad_finite")}
+        record["ppl"] = float(np.exp(min(float(m["loss"]), 700.0)))
+        record.update(step_s=step_s, tokens_per_s=tokens_per_s)
+        record["mfu"] = flops_per_tok * tokens_per_s / peak
+        log.log(step, record)
+    last = fetched[-1]
+    log.advance(n, float(last["loss"]))
+    return float(last["loss"])
+
+
+def _profile(tr: Trainer, step: int, end: bool = False) -> None:
+    """A jax.profiler trace (run_dir/profile) of steps profile_steps[0]+1 .. [1]."""
+    if not tr.cfg.train.profile_steps:
+        return
+    first, last = tr.cfg.train.profile_steps
+    if step == first and not end and not tr.profiling:
+        jax.profiler.start_trace(str(tr.run_dir / "profile"))
+        tr.profiling = True
+    elif tr.profiling and (step == last or end):
+        jax.block_until_ready(tr.state)
+        jax.profiler.stop_trace()
+        tr.profiling = False
+
+
+def _run(tr: Trainer) -> dict[str, Any]:
+    cfg, t = tr.cfg, tr.cfg.train
+    rates = (flops_per_token(cfg.model, t.seq_len), t.peak_flops or measure_peak_flops(cfg.model.dtype))
+    log = MetricsLogger(tr.run_dir, cfg, total_steps=t.steps, start_step=tr.start)
+    t_start, loss, step = time.perf_counter(), None, tr.start
+    if tr.resumed_from is not None:
+        log.message(f"resumed from the checkpoint at step {tr.resumed_from} in {tr.ckpt.directory}")
+    try:
+        with _SignalFlag() as flag:
+            window = _Window(step)
+            while step < t.steps and flag.name is None:
+                _profile(tr, step)
+                tr.state, metrics = tr.step_fn(tr.state, next(tr.batches))
+                step += 1
+                window.add(step, metrics)
+                if step == tr.start + 1:
+                    window.exclude_compile()
+                evaluating = bool(t.eval_every) and step % t.eval_every == 0 and step < t.steps
+                saving = bool(t.ckpt_every) and step % t.ckpt_every == 0 and step < t.steps
+                if step % t.log_every == 0 or step == t.steps or evaluating or saving or flag.name:
+                    loss = _flush(tr, window, log, rates)
+                    if evaluating:
+                        tr.run_eval(log)
+                    if saving or evaluating:
+                        tr.save(tr.val["loss"] if evaluating else None)
+                    window = _Window(step)
+            stopped = flag.name
+        if window.pending:
+            loss = _flush(tr, window, log, rates)
+        if stopped:
+            log.message(f"{stopped} received: saving a checkpoint at step {step} and stopping")
+        else:
+            tr.run_eval(log)
+        tr.save(None if stopped else tr.val["loss"])
+        tr.ckpt.wait()
+    finally:
+        log.close()
+        _profile(tr, step, end=True)
+    return {
+        "step": step,
+        "loss": loss,
+        "val": tr.val,
+        "stopped": stopped,
+        "skipped": int(tr.state.skipped),
+        "resumed_from": tr.resumed_from,
+        "wall_s": time.perf_counter() - t_start,
+        "run_dir": str(tr.run_dir),
+        "params": tr.state.params,
+    }

@@ -1,0 +1,77 @@
+"""The train state: everything a step reads and writes, as one pytree of arrays.
+
+Everything that influences the next step lives here (not in Python variables), so a
+checkpoint of this pytree plus the data iterator's position resumes a run bit for bit:
+the step counter, parameters, optimiser state, the base RNG key, the float16 loss scale
+and the rolling statistics of the spike detector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from llm.typing import Array, PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """step: int32 scalar, optimiser steps taken.  rng: uint32[2] raw base key (dropout).
+    loss_scale / good_steps: float16 dynamic loss scaling (Micikevicius et al. 2018); unused
+    (scale 1) otherwise.  spike_hist_W2: the last W (loss, grad norm) pairs, oldest first;
+    spike_seen: how many pairs were recorded; skipped: updates skipped as spikes."""
+
+    step: Array
+    params: PyTree
+    opt_state: PyTree
+    rng: Array
+    loss_scale: Array
+    good_steps: Array
+    spike_hist_W2: Array
+    spike_seen: Array
+    skipped: Array
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (what checkpoints store)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**data)
+
+
+jax.tree_util.register_dataclass(
+    TrainState, data_fields=[f.name for f in dataclasses.fields(TrainState)], meta_fields=[]
+)
+
+
+def init_state(
+    params: PyTree,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    loss_scale: float = 1.0,
+    spike_window: int = 2,
+) -> TrainState:
+    """A step-0 state around freshly initialised `params`."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed, impl="threefry2x32")),
+        loss_scale=jnp.asarray(loss_scale, jnp.float32),
+        good_steps=jnp.zeros((), jnp.int32),
+        spike_hist_W2=jnp.zeros((spike_window, 2), jnp.float32),
+        spike_seen=jnp.zeros((), jnp.int32),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+
+
+def dropout_key(state: TrainState, micro: Array | int) -> Array:
+    """The dropout key of micro-batch `micro` of the current step: a pure function of both."""
+    base = jax.random.wrap_key_data(state.rng, impl="threefry2x32")
+    return jax.random.fold_in(jax.random.fold_in(base, state.step), micro)

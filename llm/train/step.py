@@ -1,0 +1,163 @@
+"""The pure train step: (state, batch) -> (state, metrics), jitted once, buffers donated.
+
+    step = make_train_step(cfg, loss_fn, tx, schedule)    # jax.jit'ed, donates `state`
+    state, metrics = step(state, batch)
+
+What it does, in order:
+  1. Splits the [B, L] batch into `grad_accum` micro-batches of B/A rows and runs a
+     `lax.scan` over them, adding loss *sums*, weights and gradients of the sums; dividing
+     once at the end makes the result equal to the big batch (see losses.py).
+  2. float16 compute: the loss is multiplied by a dynamic loss scale before differentiation
+     and gradients divided by it; non-finite gradients skip the update and halve the scale,
+     `loss_scale_period` finite steps double it (Micikevicius et al. 2018). bfloat16 compute
+     with float32 master weights needs no scaling: the model casts float32 params to its
+     compute dtype, so gradients arrive in float32 (`model.dtype` vs `model.param_dtype`).
+  3. Applies the optimiser unless the step is bad: non-finite loss/gradients (the loop then
+     aborts, see loop.py) or, with `spike_skip`, a loss or gradient norm above
+     mean + k*std of the last `spike_window` accepted steps. A skipped step leaves params and
+     optimiser state untouched and counts in `state.skipped`.
+
+Shardings: pass `state_shardings` / `batch_sharding` (NamedShardings) to place the step on a
+mesh; with None, jit infers placement (single device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from llm.train.losses import Batch, LossFn, LossOutput
+from llm.train.state import TrainState, dropout_key
+from llm.typing import Array, PyTree
+
+Metrics = dict[str, Any]
+
+
+def accumulate_gradients(
+    loss_fn: LossFn, params: PyTree, batch: Batch, state: TrainState, n_micro: int, scale: Array
+) -> tuple[LossOutput, PyTree]:
+    """Sums of loss, weight, metrics and d(scale * total)/d(params) over `n_micro` chunks."""
+
+    def scaled(p: PyTree, micro: Batch, key: Array) -> tuple[Array, LossOutput]:
+        out = loss_fn(p, micro, key)
+        return out.total * scale, out
+
+    grad_fn = jax.grad(scaled, has_aux=True)
+    if n_micro == 1:
+        grads, out = grad_fn(params, batch, dropout_key(state, 0))
+        return out, grads
+
+    micro_batches = jax.tree.map(
+        lambda x: x.reshape(n_micro, x.shape[0] // n_micro, *x.shape[1:]), batch
+    )
+
+    def body(carry: tuple[LossOutput, PyTree], xs: tuple[Batch, Array]):
+        micro, i = xs
+        grads, out = grad_fn(params, micro, dropout_key(state, i))
+        return jax.tree.map(jnp.add, carry, (out, grads)), None
+
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    zero_out = jax.eval_shape(lambda: grad_fn(params, first, dropout_key(state, 0))[1])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), (zero_out, params))
+    (out, grads), _ = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(n_micro)))
+    return out, grads
+
+
+def _is_spike(state: TrainState, loss: Array, gnorm: Array, k: float) -> Array:
+    """True when loss or grad norm exceeds mean + k*std of a full window of accepted steps."""
+    hist_W2 = state.spike_hist_W2
+    full = state.spike_seen >= hist_W2.shape[0]
+    limit_2 = jnp.mean(hist_W2, axis=0) + k * jnp.std(hist_W2, axis=0)
+    return full & jnp.any(jnp.stack([loss, gnorm]) > limit_2)
+
+
+def _select(ok: Array, new: PyTree, old: PyTree) -> PyTree:
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def _next_loss_scale(cfg: Any, state: TrainState, grads_ok: Array) -> tuple[Array, Array]:
+    good = jnp.where(grads_ok, state.good_steps + 1, 0)
+    grow = good >= cfg.train.loss_scale_period
+    scale = jnp.where(grads_ok, jnp.where(grow, state.loss_scale * 2, state.loss_scale), state.loss_scale / 2)
+    return scale, jnp.where(grow, 0, good)
+
+
+def train_step(
+    cfg: Any,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state: TrainState,
+    batch: Batch,
+) -> tuple[TrainState, Metrics]:
+    """One optimiser step (unjitted; `make_train_step` jits it)."""
+    fp16 = cfg.model.dtype == "float16"
+    scale = state.loss_scale if fp16 else jnp.ones((), jnp.float32)
+    out, grads = accumulate_gradients(
+        loss_fn, state.params, batch, state, cfg.train.grad_accum, scale
+    )
+    weight = jnp.maximum(out.weight, 1.0)
+    grads = jax.tree.map(lambda g: (g / (scale * weight)).astype(jnp.float32), grads)
+    loss = out.total / weight
+    gnorm = optax.global_norm(grads)
+    grads_ok = jnp.isfinite(gnorm)
+    finite = jnp.isfinite(loss) & (grads_ok | fp16)
+    spike = _is_spike(state, loss, gnorm, cfg.train.spike_k) if cfg.train.spike_skip else False
+    ok = jnp.isfinite(loss) & grads_ok & ~spike
+
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    hist = jnp.concatenate([state.spike_hist_W2[1:], jnp.stack([loss, gnorm])[None]])
+    loss_scale, good = _next_loss_scale(cfg, state, grads_ok) if fp16 else (scale, state.good_steps)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=_select(ok, new_params, state.params),
+        opt_state=_select(ok, new_opt, state.opt_state),
+        rng=state.rng,
+        loss_scale=loss_scale,
+        good_steps=good,
+        spike_hist_W2=jnp.where(ok, hist, state.spike_hist_W2),
+        spike_seen=state.spike_seen + ok.astype(jnp.int32),
+        skipped=state.skipped + (finite & ~ok).astype(jnp.int32),
+    )
+    metrics = {
+        "loss": loss,
+        "grad_norm": gnorm,
+        "param_norm": optax.global_norm(new_state.params),
+        "lr": schedule(state.step),
+        "tokens": out.weight,
+        "finite": finite,
+        "skipped": new_state.skipped,
+        "loss_scale": scale,
+        "grad_finite": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads),
+        **{k: v / weight for k, v in out.metrics.items()},
+    }
+    return new_state, metrics
+
+
+def make_train_step(
+    cfg: Any,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    state_shardings: Any = None,
+    batch_sharding: Any = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """`train_step` closed over its configuration, jitted with the state donated."""
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        return train_step(cfg, loss_fn, tx, schedule, state, batch)
+
+    if state_shardings is None and batch_sharding is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(
+        step,
+        donate_argnums=0,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+    )
