@@ -20,8 +20,9 @@ from llm.config.base import (
     to_dict,
 )
 from llm.config.data import DataConfig
+from llm.config.mesh import MeshConfig
 from llm.config.model import ModelConfig
-from llm.config.sections import EvalConfig, MeshConfig, OptimConfig, TrainConfig
+from llm.config.sections import EvalConfig, OptimConfig, TrainConfig
 
 
 @config_class

@@ -22,7 +22,7 @@ GATED_ACTIVATIONS = ("swiglu", "geglu")
 class ModelConfig:
     """Architecture of the decoder-only Transformer (sizes in elements unless noted)."""
 
-    vocab_size: int = 256  # number of token ids the embedding and output layer cover
+    vocab_size: int = 259  # token ids covered by embedding and output (259 = bytes + PAD/BOS/EOS)
     d_model: int = 128  # width of the residual stream
     n_layers: int = 2  # number of Transformer blocks
     n_heads: int = 4  # query heads per attention layer

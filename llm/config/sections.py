@@ -1,4 +1,4 @@
-"""Config sections beside the model: optimiser, mesh, training loop, evaluation.
+"""Config sections beside the model: optimiser, training loop, evaluation.
 
 Each section validates itself in `__post_init__`; `Config` checks what spans sections.
 Later features add fields to the section they belong to, each with a one-line comment.
@@ -54,26 +54,6 @@ class OptimConfig:
                 check(False, "no_decay_patterns", f"{pattern!r} is not a regex: {err}")
         check(
             self.muon_adam_lr is None or self.muon_adam_lr > 0, "muon_adam_lr", "must be positive"
-        )
-
-
-@config_class
-class MeshConfig:
-    """Device mesh axis sizes; -1 means "all remaining devices" (at most one axis)."""
-
-    data: int = -1  # data-parallel replicas
-    fsdp: int = 1  # parameter/optimizer-state sharding (ZeRO-3 style)
-    tensor: int = 1  # tensor (model) parallelism within a layer
-    sequence: int = 1  # sequence/context parallelism
-
-    def __post_init__(self) -> None:
-        sizes = {k: getattr(self, k) for k in ("data", "fsdp", "tensor", "sequence")}
-        for key, size in sizes.items():
-            check(size == -1 or size > 0, key, f"must be positive or -1, got {size}")
-        check(
-            list(sizes.values()).count(-1) <= 1,
-            "data",
-            "at most one mesh axis may be -1",
         )
 
 

@@ -56,8 +56,13 @@ def decode_attention(
     if num_splits < 1:
         raise ValueError(f"{num_splits=} must be >= 1")
     st = fc.Static(
-        causal=True, sliding_window=sliding_window, softcap=softcap, scale=H**-0.5,
-        has_alibi=alibi_slopes_N is not None, blocks=fc.BlockSizes(), interpret=interpret,
+        causal=True,
+        sliding_window=sliding_window,
+        softcap=softcap,
+        scale=H**-0.5,
+        has_alibi=alibi_slopes_N is not None,
+        blocks=fc.BlockSizes(),
+        interpret=interpret,
     )
     bk = fc.clamp_block(block_k, S, MIN_ROWS)
     n_blocks = -(-S // bk)
@@ -71,7 +76,9 @@ def decode_attention(
         functools.partial(_kernel, st=st, block_k=bk, per_split=per_split),
         grid=(B, K, num_splits),
         in_specs=[
-            _full((B,)), _full((B,)), _full((B,)),
+            _full((B,)),
+            _full((B,)),
+            _full((B,)),
             pl.BlockSpec((None, None, R, Hp), lambda b, h, s: (b, h, 0, 0)),
             pl.BlockSpec((None, Sp, None, Hp), lambda b, h, s: (b, 0, h, 0)),
             pl.BlockSpec((None, Sp, None, Hp), lambda b, h, s: (b, 0, h, 0)),
@@ -109,8 +116,9 @@ def _rows(q_BTNH, lengths_B, slopes_N, st, K: int, R: int, bk: int):
     pos_BR = fc.pad_axis(jnp.repeat(pos_BT, G, axis=1), 1, R, value=-1)  # -1: sees nothing
     pos_BKR = jnp.broadcast_to(pos_BR[:, None], (B, K, R))
     slopes_N = jnp.zeros((N,), jnp.float32) if slopes_N is None else slopes_N
-    slope_KR = fc.pad_axis(jnp.tile(slopes_N.astype(jnp.float32).reshape(K, 1, G), (1, T, 1))
-                           .reshape(K, T * G), 1, R)
+    slope_KR = fc.pad_axis(
+        jnp.tile(slopes_N.astype(jnp.float32).reshape(K, 1, G), (1, T, 1)).reshape(K, T * G), 1, R
+    )
     hi_B = -(-lengths_B.astype(jnp.int32) // bk)
     lo_B = jnp.zeros_like(hi_B)
     if st.sliding_window is not None:
@@ -120,8 +128,20 @@ def _rows(q_BTNH, lengths_B, slopes_N, st, K: int, R: int, bk: int):
 
 
 def _kernel(
-    len_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, pos_ref, slope_ref, o_ref, lse_ref,
-    *, st: fc.Static, block_k: int, per_split: int,
+    len_ref,
+    lo_ref,
+    hi_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    pos_ref,
+    slope_ref,
+    o_ref,
+    lse_ref,
+    *,
+    st: fc.Static,
+    block_k: int,
+    per_split: int,
 ):
     b, s = pl.program_id(0), pl.program_id(2)
     q = q_ref[...]
@@ -186,8 +206,12 @@ def decode_attention_reference(
     kv_pos_BS = masks.default_positions(B, S)
     kv_seg_BS = (kv_pos_BS < lengths_B1).astype(jnp.int32)
     mask_BTS = masks.attention_mask(
-        jnp.ones((B, T), jnp.int32), kv_seg_BS, q_pos_BT, kv_pos_BS,
-        causal=True, sliding_window=sliding_window,
+        jnp.ones((B, T), jnp.int32),
+        kv_seg_BS,
+        q_pos_BT,
+        kv_pos_BS,
+        causal=True,
+        sliding_window=sliding_window,
     )
     bias = None
     if alibi_slopes_N is not None:

@@ -62,7 +62,8 @@ def flash_attention(
         softcap=softcap,
         scale=q_BLNH.shape[-1] ** -0.5,
         has_alibi=alibi_slopes_N is not None,
-        blocks=block_sizes or (DEFAULT_BLOCKS if q_BLNH.shape[-1] <= 128 else DEFAULT_BLOCKS_HEAD256),
+        blocks=block_sizes
+        or (DEFAULT_BLOCKS if q_BLNH.shape[-1] <= 128 else DEFAULT_BLOCKS_HEAD256),
         interpret=interpret,
     )
     ids = (q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS)
@@ -121,8 +122,14 @@ class _Padded:
 
     def ranges(self, st: Static, bq: int, bk: int):
         return fc.block_ranges(
-            self.q_seg, self.kv_seg, self.q_pos, self.kv_pos, bq, bk,
-            causal=st.causal, sliding_window=st.sliding_window,
+            self.q_seg,
+            self.kv_seg,
+            self.q_pos,
+            self.kv_pos,
+            bq,
+            bk,
+            causal=st.causal,
+            sliding_window=st.sliding_window,
         )
 
     def compiler_params(self, bq: int, bk: int):
@@ -140,7 +147,7 @@ def _full(shape):
 
 def _forward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes):
     p = _Padded(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes)
-    B, L, N, H, S, K = p.shape
+    B, L, N, H, _, K = p.shape
     G, bq, bk, Lp, Sp, Hp = N // K, p.bq, p.bk, p.Lp, p.Sp, p.Hp
     kv_lo, kv_hi, _, _ = p.ranges(st, bq, bk)
     nq = Lp // bq
@@ -175,8 +182,21 @@ def _forward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes):
 
 
 def _fwd_kernel(
-    lo_ref, hi_ref, slopes_ref, q_ref, k_ref, v_ref, qseg_ref, qpos_ref, kseg_ref, kpos_ref,
-    o_ref, lse_ref, *, st: Static, block_k: int,
+    lo_ref,
+    hi_ref,
+    slopes_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    qseg_ref,
+    qpos_ref,
+    kseg_ref,
+    kpos_ref,
+    o_ref,
+    lse_ref,
+    *,
+    st: Static,
+    block_k: int,
 ):
     i, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     q = q_ref[...]
@@ -232,7 +252,13 @@ def _backward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes, out, lse, do):
         functools.partial(_dq_kernel, st=st, block_k=bk),
         grid=(nq, B, N),
         in_specs=[
-            _full((B, nq)), _full((B, nq)), _full((N,)), row, kv_whole, kv_whole, row,
+            _full((B, nq)),
+            _full((B, nq)),
+            _full((N,)),
+            row,
+            kv_whole,
+            kv_whole,
+            row,
             pl.BlockSpec((None, None, bq), lambda i, b, n: (b, n, i)),
             pl.BlockSpec((None, None, bq), lambda i, b, n: (b, n, i)),
             pl.BlockSpec((None, bq), lambda i, b, n: (b, i)),
@@ -245,8 +271,7 @@ def _backward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes, out, lse, do):
         compiler_params=p.compiler_params(bq, bk),
         interpret=st.interpret,
         name="flash_attention_dq",
-    )(kv_lo, kv_hi, p.slopes, p.q, p.k, p.v, do_p, lse, delta,
-      p.q_seg, p.q_pos, p.kv_seg, p.kv_pos)
+    )(kv_lo, kv_hi, p.slopes, p.q, p.k, p.v, do_p, lse, delta, p.q_seg, p.q_pos, p.kv_seg, p.kv_pos)
 
     kv_row = pl.BlockSpec((None, bk, None, Hp), lambda j, b, h: (b, j, h, 0))
     q_group = pl.BlockSpec((None, Lp, G, Hp), lambda j, b, h: (b, 0, h, 0))
@@ -255,8 +280,15 @@ def _backward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes, out, lse, do):
         functools.partial(_dkv_kernel, st=st, block_q=bq, group=G),
         grid=(nk, B, K),
         in_specs=[
-            _full((B, nk)), _full((B, nk)), _full((N,)), q_group, kv_row, kv_row, q_group,
-            stat_group, stat_group,
+            _full((B, nk)),
+            _full((B, nk)),
+            _full((N,)),
+            q_group,
+            kv_row,
+            kv_row,
+            q_group,
+            stat_group,
+            stat_group,
             pl.BlockSpec((None, Lp), lambda j, b, h: (b, 0)),
             pl.BlockSpec((None, Lp), lambda j, b, h: (b, 0)),
             pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
@@ -267,14 +299,28 @@ def _backward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes, out, lse, do):
         compiler_params=p.compiler_params(bq, bk),
         interpret=st.interpret,
         name="flash_attention_dkv",
-    )(q_lo, q_hi, p.slopes, p.q, p.k, p.v, do_p, lse, delta,
-      p.q_seg, p.q_pos, p.kv_seg, p.kv_pos)
+    )(q_lo, q_hi, p.slopes, p.q, p.k, p.v, do_p, lse, delta, p.q_seg, p.q_pos, p.kv_seg, p.kv_pos)
     return dq[:, :L, :, :H], dk[:, :S, :, :H], dv[:, :S, :, :H]
 
 
 def _dq_kernel(
-    lo_ref, hi_ref, slopes_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-    qseg_ref, qpos_ref, kseg_ref, kpos_ref, dq_ref, *, st: Static, block_k: int,
+    lo_ref,
+    hi_ref,
+    slopes_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    qseg_ref,
+    qpos_ref,
+    kseg_ref,
+    kpos_ref,
+    dq_ref,
+    *,
+    st: Static,
+    block_k: int,
 ):
     i, b, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     q, do = q_ref[...], do_ref[...]
@@ -296,8 +342,24 @@ def _dq_kernel(
 
 
 def _dkv_kernel(
-    lo_ref, hi_ref, slopes_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-    qseg_ref, qpos_ref, kseg_ref, kpos_ref, dk_ref, dv_ref, *, st: Static, block_q: int,
+    lo_ref,
+    hi_ref,
+    slopes_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    qseg_ref,
+    qpos_ref,
+    kseg_ref,
+    kpos_ref,
+    dk_ref,
+    dv_ref,
+    *,
+    st: Static,
+    block_q: int,
     group: int,
 ):
     j, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)

@@ -124,8 +124,14 @@ class _Padded:
 
     def ranges(self, st: Static, bq: int, bk: int):
         return fc.block_ranges(
-            self.q_seg[:, :, 0], self.kv_seg[:, 0], self.q_pos[:, :, 0], self.kv_pos[:, 0],
-            bq, bk, causal=st.causal, sliding_window=st.sliding_window,
+            self.q_seg[:, :, 0],
+            self.kv_seg[:, 0],
+            self.q_pos[:, :, 0],
+            self.kv_pos[:, 0],
+            bq,
+            bk,
+            causal=st.causal,
+            sliding_window=st.sliding_window,
         )
 
 
@@ -144,7 +150,7 @@ def _params(*semantics):
 
 def _forward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes):
     p = _Padded(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes)
-    B, L, N, H, S, K = p.shape
+    B, L, N, H, _, K = p.shape
     G, bq, bk, Lp, Sp = N // K, p.bq, p.bk, p.Lp, p.Sp
     kv_lo, kv_hi, _, _ = p.ranges(st, bq, bk)
 
@@ -193,8 +199,23 @@ def _forward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes):
 
 
 def _fwd_kernel(
-    lo_ref, hi_ref, slopes_ref, q_ref, k_ref, v_ref, qseg_ref, qpos_ref, kseg_ref, kpos_ref,
-    o_ref, lse_ref, m_sc, l_sc, acc_sc, *, st: Static,
+    lo_ref,
+    hi_ref,
+    slopes_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    qseg_ref,
+    qpos_ref,
+    kseg_ref,
+    kpos_ref,
+    o_ref,
+    lse_ref,
+    m_sc,
+    l_sc,
+    acc_sc,
+    *,
+    st: Static,
 ):
     b, n, i, j = (pl.program_id(a) for a in range(4))
     lo, hi = lo_ref[b, i], hi_ref[b, i]
@@ -236,8 +257,8 @@ def _fwd_kernel(
 
 def _backward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes, out, lse, do):
     p = _Padded(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes)
-    B, L, N, H, S, K = p.shape
-    G, bq, bk, Lp, Sp = N // K, p.bq_bwd, p.bk_bwd, p.Lp, p.Sp
+    _, L, N, _, S, K = p.shape
+    G, bq, bk, Lp = N // K, p.bq_bwd, p.bk_bwd, p.Lp
     kv_lo, kv_hi, q_lo, q_hi = p.ranges(st, bq, bk)
     # delta_i = sum_h o_ih do_ih: the softmax-backward row term, one cheap elementwise pass.
     delta = jnp.einsum("BLNH,BLNH->BNL", out.astype(jnp.float32), do.astype(jnp.float32))
@@ -251,7 +272,7 @@ def _backward(st, q, k, v, q_seg, kv_seg, q_pos, kv_pos, slopes, out, lse, do):
 
 
 def _dq_call(st, p: _Padded, bq: int, bk: int, G: int):
-    B, L, N, H, S, K = p.shape
+    B, _, N, H, _, _ = p.shape
 
     def kv_map(b, n, i, j, lo, hi, _):
         return b, jax.lax.div(n, G), _live(lo, hi, b, i, j), 0
@@ -281,8 +302,23 @@ def _dq_call(st, p: _Padded, bq: int, bk: int, G: int):
 
 
 def _dq_kernel(
-    lo_ref, hi_ref, slopes_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-    qseg_ref, qpos_ref, kseg_ref, kpos_ref, dq_ref, dq_sc, *, st: Static,
+    lo_ref,
+    hi_ref,
+    slopes_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    qseg_ref,
+    qpos_ref,
+    kseg_ref,
+    kpos_ref,
+    dq_ref,
+    dq_sc,
+    *,
+    st: Static,
 ):
     b, n, i, j = (pl.program_id(a) for a in range(4))
 
@@ -295,8 +331,15 @@ def _dq_kernel(
         k = k_ref[...]
         slope = slopes_ref[n] if st.has_alibi else None
         probs, t = fc.tile_probs(
-            q_ref[...], k, qpos_ref[...], qseg_ref[...], kpos_ref[...], kseg_ref[...],
-            slope, lse_ref[...], st,
+            q_ref[...],
+            k,
+            qpos_ref[...],
+            qseg_ref[...],
+            kpos_ref[...],
+            kseg_ref[...],
+            slope,
+            lse_ref[...],
+            st,
         )
         dp = jax.lax.dot_general(
             do_ref[...], v_ref[...], fc.NT_DIMS, preferred_element_type=jnp.float32
@@ -310,7 +353,7 @@ def _dq_kernel(
 
 
 def _dkv_call(st, p: _Padded, bq: int, bk: int, G: int):
-    B, L, N, H, S, K = p.shape
+    B, _, _, H, _, K = p.shape
 
     def q_map(b, h, j, g, i, lo, hi, _):
         return b, h * G + g, _live(lo, hi, b, j, i), 0
@@ -340,8 +383,25 @@ def _dkv_call(st, p: _Padded, bq: int, bk: int, G: int):
 
 
 def _dkv_kernel(
-    lo_ref, hi_ref, slopes_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
-    qseg_ref, qpos_ref, kseg_ref, kpos_ref, dk_ref, dv_ref, dk_sc, dv_sc, *, st: Static,
+    lo_ref,
+    hi_ref,
+    slopes_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    do_ref,
+    lse_ref,
+    delta_ref,
+    qseg_ref,
+    qpos_ref,
+    kseg_ref,
+    kpos_ref,
+    dk_ref,
+    dv_ref,
+    dk_sc,
+    dv_sc,
+    *,
+    st: Static,
     group: int,
 ):
     b, h, j, g, i = (pl.program_id(a) for a in range(5))
@@ -356,8 +416,15 @@ def _dkv_kernel(
         q, do = q_ref[...], do_ref[...]
         slope = slopes_ref[h * group + g] if st.has_alibi else None
         probs, t = fc.tile_probs(
-            q, k_ref[...], qpos_ref[...], qseg_ref[...], kpos_ref[...], kseg_ref[...],
-            slope, lse_ref[...], st,
+            q,
+            k_ref[...],
+            qpos_ref[...],
+            qseg_ref[...],
+            kpos_ref[...],
+            kseg_ref[...],
+            slope,
+            lse_ref[...],
+            st,
         )
         dv_sc[...] += jnp.dot(probs.T.astype(do.dtype), do, preferred_element_type=jnp.float32)
         dp = jax.lax.dot_general(do, v_ref[...], fc.NT_DIMS, preferred_element_type=jnp.float32)

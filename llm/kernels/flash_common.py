@@ -102,6 +102,7 @@ def block_ranges(
     """
     B = q_segment_ids_BL.shape[0]
     BIG = 1 << 29
+
     def stats(x, seg, block):
         # Over non-padding tokens only (segment 0 neither sees nor is seen): an all-padding
         # block gets (BIG, -BIG), which fails every overlap test below. BIG = 2^29 keeps the

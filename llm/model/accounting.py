@@ -125,7 +125,7 @@ def activation_bytes(cfg: Config) -> int:
 
 def report(cfg: Config) -> str:
     """The dry-run table: counts, FLOPs per token and memory for one config."""
-    m, L = cfg.model, cfg.train.seq_len
+    m, L, batch = cfg.model, cfg.train.seq_len, cfg.train.batch_size
     counts, mem = param_counts(m), memory_estimate(cfg)
     fwd = forward_flops_per_token(m, L)
     rows = [
@@ -134,12 +134,12 @@ def report(cfg: Config) -> str:
         ("  non-embedding", f"{counts.non_embedding:,}"),
         (f"forward FLOPs/token (seq {L}, causal)", f"{fwd:.4g}"),
         ("training FLOPs/token (3x forward)", f"{3 * fwd:.4g}"),
-        (f"training FLOPs/step (batch {cfg.train.batch_size})", f"{3 * fwd * L * cfg.train.batch_size:.4g}"),
+        (f"training FLOPs/step (batch {batch})", f"{3 * fwd * L * batch:.4g}"),
         (f"params ({m.param_dtype})", _gib(mem.params)),
         ("gradients", _gib(mem.grads)),
         (f"optimizer state ({cfg.optim.name})", _gib(mem.optimizer)),
         (f"activations (remat={m.remat}, {m.dtype})", _gib(mem.activations)),
-        ("total (one device, unsharded)", _gib(mem.total)),
+        ("total (global batch, unsharded)", _gib(mem.total)),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v:>18}" for k, v in rows)

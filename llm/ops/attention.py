@@ -62,15 +62,23 @@ def attention(
         kv_positions_BS = q_positions_BL if S == L else masks.default_positions(B, S)
     if impl == "auto":
         impl = choose_impl(
-            jax.default_backend(), dtype=q_BLNH.dtype, head_dim=q_BLNH.shape[-1],
-            softcap=softcap, dropout_rate=dropout_rate,
+            jax.default_backend(),
+            dtype=q_BLNH.dtype,
+            head_dim=q_BLNH.shape[-1],
+            softcap=softcap,
+            dropout_rate=dropout_rate,
         )
     if impl == "pallas":
         _require(dropout_rate == 0.0, "attention dropout", impl)
         return _pallas(
-            q_BLNH, k_BSKH, v_BSKH,
+            q_BLNH,
+            k_BSKH,
+            v_BSKH,
             (q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS),
-            alibi_slopes_N, causal=causal, sliding_window=sliding_window, softcap=softcap,
+            alibi_slopes_N,
+            causal=causal,
+            sliding_window=sliding_window,
+            softcap=softcap,
         )
     mask_BLS = masks.attention_mask(
         q_segment_ids_BL,

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
@@ -54,7 +53,10 @@ def make_inputs(c: Case, seed: int = 0):
     k = jax.random.normal(ks[1], (c.B, c.S, c.K, c.H), jnp.float32).astype(dtype)
     v = jax.random.normal(ks[2], (c.B, c.S, c.K, c.H), jnp.float32).astype(dtype)
     q_seg, q_pos = np.ones((c.B, c.L), np.int32), np.tile(np.arange(c.L, dtype=np.int32), (c.B, 1))
-    kv_seg, kv_pos = np.ones((c.B, c.S), np.int32), np.tile(np.arange(c.S, dtype=np.int32), (c.B, 1))
+    kv_seg, kv_pos = (
+        np.ones((c.B, c.S), np.int32),
+        np.tile(np.arange(c.S, dtype=np.int32), (c.B, 1)),
+    )
     if c.packed:
         assert c.L == c.S
         q_seg, q_pos = packed_ids(c.B, c.L, seed)
@@ -81,8 +83,15 @@ def out_and_grads(fn, q, k, v, ids, slopes, c: Case, **kwargs):
     def run(q, k, v, ids, slopes):
         def f(q, k, v):
             return fn(
-                q, k, v, *ids, slopes, causal=c.causal, sliding_window=c.window,
-                softcap=c.softcap, **kwargs,
+                q,
+                k,
+                v,
+                *ids,
+                slopes,
+                causal=c.causal,
+                sliding_window=c.window,
+                softcap=c.softcap,
+                **kwargs,
             )
 
         out, vjp = jax.vjp(f, q, k, v)

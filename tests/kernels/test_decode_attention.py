@@ -31,8 +31,10 @@ def _run(fn, *args, **kwargs):
 CASES = {
     "one_token_gqa3": dict(T=1, features={}, block_k=16, num_splits=3),
     "two_tokens_window_softcap_alibi": dict(
-        T=2, features=dict(sliding_window=10, softcap=3.0, alibi_slopes_N=jnp.linspace(0.1, 0.5, N)),
-        block_k=32, num_splits=2,
+        T=2,
+        features=dict(sliding_window=10, softcap=3.0, alibi_slopes_N=jnp.linspace(0.1, 0.5, N)),
+        block_k=32,
+        num_splits=2,
     ),
 }
 
@@ -44,8 +46,16 @@ def test_decode_matches_reference(name):
     features = dict(case["features"])
     slopes = features.pop("alibi_slopes_N", None)
     got = _run(
-        decode_attention, q, k, v, LENGTHS, slopes, block_k=case["block_k"],
-        num_splits=case["num_splits"], interpret=True, **features,
+        decode_attention,
+        q,
+        k,
+        v,
+        LENGTHS,
+        slopes,
+        block_k=case["block_k"],
+        num_splits=case["num_splits"],
+        interpret=True,
+        **features,
     )
     want = _run(decode_attention_reference, q, k, v, LENGTHS, slopes, **features)
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6)

@@ -29,14 +29,39 @@ KERNELS = {
 CASES = [
     Case("mha_head64_uneven", L=45, S=45, H=64),
     Case("gqa2_packed_window", B=2, L=150, S=150, N=4, K=2, packed=True, window=9),
-    Case("mqa_alibi_softcap_bidirectional", L=33, S=33, N=4, K=1, causal=False, alibi=True,
-         softcap=4.0),
-    Case("gqa3_decode_positions_orphans", L=8, S=150, N=6, K=2, decode_positions=True,
-         orphan_queries=True, softcap=3.0),
+    Case(
+        "mqa_alibi_softcap_bidirectional",
+        L=33,
+        S=33,
+        N=4,
+        K=1,
+        causal=False,
+        alibi=True,
+        softcap=4.0,
+    ),
+    Case(
+        "gqa3_decode_positions_orphans",
+        L=8,
+        S=150,
+        N=6,
+        K=2,
+        decode_positions=True,
+        orphan_queries=True,
+        softcap=3.0,
+    ),
 ]
 SLOW_CASES = [
-    Case("orphan_rows_packed_alibi", B=2, L=48, S=48, N=2, K=1, packed=True, orphan_queries=True,
-         alibi=True),
+    Case(
+        "orphan_rows_packed_alibi",
+        B=2,
+        L=48,
+        S=48,
+        N=2,
+        K=1,
+        packed=True,
+        orphan_queries=True,
+        alibi=True,
+    ),
     Case("window_softcap_short", L=24, S=24, window=5, softcap=2.0),
     Case("packed_bidirectional_gqa2", B=2, L=40, S=40, N=4, K=2, packed=True, causal=False),
 ]
@@ -77,17 +102,26 @@ def test_kernel_matches_reference_f32_wider(kernel, case):
 def test_kernel_bf16_no_worse_than_reference(kernel):
     """bf16 kernel error vs the f32 truth stays within 2x the bf16 reference's own error."""
     module, block_options = KERNELS[kernel]
-    case = Case("bf16_gqa_packed", B=1, L=64, S=64, N=4, K=2, packed=True, window=20,
-                dtype="bfloat16")
+    case = Case(
+        "bf16_gqa_packed", B=1, L=64, S=64, N=4, K=2, packed=True, window=20, dtype="bfloat16"
+    )
     q, k, v, ids, slopes = make_inputs(case)
     got = out_and_grads(
-        module.flash_attention, q, k, v, ids, slopes, case, block_sizes=block_options[0],
+        module.flash_attention,
+        q,
+        k,
+        v,
+        ids,
+        slopes,
+        case,
+        block_sizes=block_options[0],
         interpret=True,
     )
     ref_bf16 = out_and_grads(flash_attention_reference, q, k, v, ids, slopes, case)
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    truth = out_and_grads(flash_attention_reference, *f32, ids, slopes,
-                          dataclasses.replace(case, dtype="float32"))
+    truth = out_and_grads(
+        flash_attention_reference, *f32, ids, slopes, dataclasses.replace(case, dtype="float32")
+    )
     for name, g, r, t in zip(("out", "dq", "dk", "dv"), got, ref_bf16, truth, strict=True):
         kernel_err = np.abs(g - t).max()
         ref_err = np.abs(r - t).max()
@@ -102,7 +136,14 @@ def test_kernel_large_head_dims(kernel, H):
     case = Case(f"head{H}", L=20, S=20, N=2, K=1, H=H, packed=False, window=6, alibi=True)
     q, k, v, ids, slopes = make_inputs(case)
     got = out_and_grads(
-        module.flash_attention, q, k, v, ids, slopes, case, block_sizes=block_options[1],
+        module.flash_attention,
+        q,
+        k,
+        v,
+        ids,
+        slopes,
+        case,
+        block_sizes=block_options[1],
         interpret=True,
     )
     _check_f32(got, out_and_grads(flash_attention_reference, q, k, v, ids, slopes, case))

@@ -54,11 +54,22 @@ def test_ranges_cover_every_visible_pair(causal, window, seed):
     """Property: every pair the mask allows lies in both ranges (skipping is only ever safe)."""
     L, block = 96, 16
     seg, pos = packed_ids(2, L, seed)
-    mask = np.asarray(masks.attention_mask(seg, seg, pos, pos, causal=causal,
-                                           sliding_window=window))
-    kv_lo, kv_hi, q_lo, q_hi = (np.asarray(x) for x in block_ranges(
-        jnp.asarray(seg), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(pos), block, block,
-        causal=causal, sliding_window=window))
+    mask = np.asarray(
+        masks.attention_mask(seg, seg, pos, pos, causal=causal, sliding_window=window)
+    )
+    kv_lo, kv_hi, q_lo, q_hi = (
+        np.asarray(x)
+        for x in block_ranges(
+            jnp.asarray(seg),
+            jnp.asarray(seg),
+            jnp.asarray(pos),
+            jnp.asarray(pos),
+            block,
+            block,
+            causal=causal,
+            sliding_window=window,
+        )
+    )
     b, l_idx, s_idx = np.nonzero(mask)
     i, j = l_idx // block, s_idx // block
     assert np.all((kv_lo[b, i] <= j) & (j < kv_hi[b, i]))

@@ -22,9 +22,14 @@ sds = jax.ShapeDtypeStruct
 
 def _attention_args(L, S, N, K, H, dtype):
     return (
-        sds((2, L, N, H), dtype), sds((2, S, K, H), dtype), sds((2, S, K, H), dtype),
-        sds((2, L), jnp.int32), sds((2, S), jnp.int32), sds((2, L), jnp.int32),
-        sds((2, S), jnp.int32), sds((N,), jnp.float32),
+        sds((2, L, N, H), dtype),
+        sds((2, S, K, H), dtype),
+        sds((2, S, K, H), dtype),
+        sds((2, L), jnp.int32),
+        sds((2, S), jnp.int32),
+        sds((2, L), jnp.int32),
+        sds((2, S), jnp.int32),
+        sds((N,), jnp.float32),
     )
 
 
@@ -79,8 +84,12 @@ def test_decode_kernel_lowers_to_triton(H):
     def f(q, k, v, lengths):
         return decode_attention.decode_attention(q, k, v, lengths, sliding_window=512)
 
-    args = (sds((4, 1, 32, H), jnp.bfloat16), sds((4, 4096, 8, H), jnp.bfloat16),
-            sds((4, 4096, 8, H), jnp.bfloat16), sds((4,), jnp.int32))
+    args = (
+        sds((4, 1, 32, H), jnp.bfloat16),
+        sds((4, 4096, 8, H), jnp.bfloat16),
+        sds((4, 4096, 8, H), jnp.bfloat16),
+        sds((4,), jnp.int32),
+    )
     text = _export_text(jax.jit(f), args, "cuda")
     assert text.count(TRITON) == 1 and "decode_attention" in text
 

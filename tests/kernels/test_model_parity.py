@@ -18,8 +18,17 @@ from llm.model import forward, init_params
 from tests.kernels.conftest import FAST_COMPILE
 
 CFG = ModelConfig(
-    vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=32,
-    init_std=0.1, pos_encoding="alibi", sliding_window=6, attn_logit_softcap=20.0,
+    vocab_size=61,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=48,
+    max_seq_len=32,
+    init_std=0.1,
+    pos_encoding="alibi",
+    sliding_window=6,
+    attn_logit_softcap=20.0,
 )
 
 

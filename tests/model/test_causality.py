@@ -44,8 +44,14 @@ def dependence(cfg, params, segment_ids=None, positions=None, L=10):
     tokens = jnp.zeros((1, L), jnp.int32)
 
     def logit_sums_L(e_LD):
-        out = forward(cfg, params, tokens, input_embeddings_BLD=e_LD[None],
-                      segment_ids_BL=segment_ids, positions_BL=positions)
+        out = forward(
+            cfg,
+            params,
+            tokens,
+            input_embeddings_BLD=e_LD[None],
+            segment_ids_BL=segment_ids,
+            positions_BL=positions,
+        )
         return out.logits_BLV[0].sum(-1)
 
     jacobian_LLD = jax.jit(jax.jacrev(logit_sums_L))(embeds[0])
@@ -85,8 +91,9 @@ def test_packed_document_equals_document_alone(name):
     packed = jnp.concatenate([doc_a, doc_b, jnp.zeros(1, jnp.int32)])[None]
     segment_ids = jnp.array([[1] * 4 + [2] * 5 + [0]])
     positions = jnp.array([[0, 1, 2, 3, 0, 1, 2, 3, 4, 0]])
-    packed_logits = forward(cfg, params, packed, segment_ids_BL=segment_ids,
-                            positions_BL=positions).logits_BLV
+    packed_logits = forward(
+        cfg, params, packed, segment_ids_BL=segment_ids, positions_BL=positions
+    ).logits_BLV
     alone_b = forward(cfg, params, doc_b[None]).logits_BLV
     alone_a = forward(cfg, params, doc_a[None]).logits_BLV
     np.testing.assert_allclose(packed_logits[0, 4:9], alone_b[0], rtol=1e-5, atol=1e-5)

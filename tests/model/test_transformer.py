@@ -46,8 +46,13 @@ SAME_PARAMS_GROUPS = {
     "rope_scaling": [
         {"pos_encoding": "rope"},
         {"pos_encoding": "rope", "rope_scaling": "linear", "rope_scaling_factor": 4.0},
-        {"pos_encoding": "rope", "rope_scaling": "llama3", "rope_scaling_factor": 8.0,
-         "rope_original_max_len": 8, "rope_theta": 100.0},
+        {
+            "pos_encoding": "rope",
+            "rope_scaling": "llama3",
+            "rope_scaling_factor": 8.0,
+            "rope_original_max_len": 8,
+            "rope_theta": 100.0,
+        },
     ],
     "activation": [{"activation": a} for a in ("relu", "gelu", "gelu_tanh")],
     "gated_activation": [{"activation": a} for a in ("swiglu", "geglu")],
@@ -216,8 +221,10 @@ def test_residual_projections_scaled_at_init():
     assert abs(float(attn["q"]["w"].std()) / 0.02 - 1) < 0.05
     assert abs(float(attn["o"]["w"].std()) / expected_out_std - 1) < 0.05
     assert abs(float(params["blocks"]["mlp"]["down"]["w"].std()) / expected_out_std - 1) < 0.05
-    plain = init_params(make_cfg(d_model=128, d_ff=256, n_layers=8, init_std=0.02,
-                                 scale_residual_init=False), jax.random.key(0))
+    plain = init_params(
+        make_cfg(d_model=128, d_ff=256, n_layers=8, init_std=0.02, scale_residual_init=False),
+        jax.random.key(0),
+    )
     assert abs(float(plain["blocks"]["attn"]["o"]["w"].std()) / 0.02 - 1) < 0.05
 
 

@@ -88,8 +88,11 @@ def test_pallas_impl_equals_xla_with_every_feature():
     seg = jnp.array([[1] * 9 + [2] * 8 + [0] * 3, [1] * 20], jnp.int32)
     pos = jnp.array([list(range(9)) + list(range(8)) + [0] * 3, list(range(20))], jnp.int32)
     kwargs = dict(
-        q_segment_ids_BL=seg, q_positions_BL=pos, sliding_window=6,
-        alibi_slopes_N=masks.alibi_slopes(4), softcap=5.0,
+        q_segment_ids_BL=seg,
+        q_positions_BL=pos,
+        sliding_window=6,
+        alibi_slopes_N=masks.alibi_slopes(4),
+        softcap=5.0,
     )
     got = _out_and_grads("pallas", q, k, v, **kwargs)
     want = _out_and_grads("xla", q, k, v, **kwargs)
@@ -119,9 +122,9 @@ def test_auto_on_cpu_runs_the_reference():
 def test_unsupported_combinations_name_feature_and_backend():
     q, k, v = _qkv()
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match="attention dropout is not supported by .*'pallas'"):
+    with pytest.raises(ValueError, match=r"attention dropout is not supported by .*'pallas'"):
         attention(q, k, v, impl="pallas", dropout_rate=0.1, dropout_key=key)
-    with pytest.raises(ValueError, match="logit soft-capping is not supported by .*'cudnn'"):
+    with pytest.raises(ValueError, match=r"logit soft-capping is not supported by .*'cudnn'"):
         attention(q, k, v, impl="cudnn", softcap=3.0)
     with pytest.raises(ValueError, match="'cudnn' needs a GPU; backend is 'cpu'"):
         attention(q, k, v, impl="cudnn")

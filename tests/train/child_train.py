@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--block-after", type=int)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     cfg = tiny_config(args.run_dir, *args.overrides)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     result = train(
