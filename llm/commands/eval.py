@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'corpus':<24} {'split':<11} {'loss':>8} {'ppl':>9} {'bits/byte':>10} {'tokens':>9}")
     for name, c, split in sets:
         m = evaluate(c.model, params, make_batches(c, split, tokenizer), tokenizer, n)
-        print(f"{name:<24} {split:<11} {m['loss']:8.4f} {m['ppl']:9.2f} {m['bpb']:10.4f} {m['tokens']:9.0f}")
+        cols = f"{m['loss']:8.4f} {m['ppl']:9.2f} {m['bpb']:10.4f} {m['tokens']:9.0f}"
+        print(f"{name:<24} {split:<11} {cols}")
     e = cfg.eval
     prompt = e.prompt if args.prompt is None else args.prompt
     for i in range(e.samples if args.samples is None else args.samples):

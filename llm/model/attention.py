@@ -9,14 +9,30 @@ key head with RMSNorm over the head dimension before RoPE.
 from __future__ import annotations
 
 import jax
-from flax import nnx
+import jax.numpy as jnp
+from flax import nnx, struct
 
 from llm.config import ModelConfig
-from llm.model import positions
+from llm.model import kv_cache, positions
 from llm.model.layers import Linear, RMSNorm
 from llm.ops import masks
 from llm.ops.attention import attention
 from llm.typing import Array
+
+
+@struct.dataclass
+class LayerCache:
+    """What one layer's attention needs of the KV cache (see `llm/model/kv_cache.py`).
+
+    The stacked caches travel whole (the layer writes its slice `layer` in place); the kv
+    positions and segment ids are shared by every layer.
+    """
+
+    k_YBSKH: Array
+    v_YBSKH: Array
+    layer: Array
+    kv_positions_BS: Array
+    kv_segment_ids_BS: Array
 
 
 class Attention(nnx.Module):
@@ -72,8 +88,18 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
 
     def __call__(
-        self, x_BLD: Array, positions_BL: Array, segment_ids_BL: Array, dropout_key: Array | None
-    ) -> Array:
+        self,
+        x_BLD: Array,
+        positions_BL: Array,
+        segment_ids_BL: Array,
+        dropout_key: Array | None,
+        cache: LayerCache | None = None,
+    ) -> Array | tuple[Array, LayerCache]:
+        """Self-attention; with `cache`, also over the cached keys (returns the new cache).
+
+        With a cache the new keys/values are written at slots `positions_BL` of this layer's
+        slice first, then the queries attend to the whole slice, masked by kv segment ids.
+        """
         cfg = self.cfg
         q_BLNH, k_BLKH, v_BLKH = self.q(x_BLD), self.k(x_BLD), self.v(x_BLD)
         if self.q_norm is not None:
@@ -83,12 +109,25 @@ class Attention(nnx.Module):
             q_BLNH = positions.apply_rope(q_BLNH, positions_BL, inv_freq)
             k_BLKH = positions.apply_rope(k_BLKH, positions_BL, inv_freq)
         slopes = masks.alibi_slopes(cfg.n_heads) if cfg.pos_encoding == "alibi" else None
+        kv_ids = {}
+        if cache is not None:
+            k_all, v_all = (
+                kv_cache.write_layer(c, cache.layer, new, positions_BL)
+                for c, new in ((cache.k_YBSKH, k_BLKH), (cache.v_YBSKH, v_BLKH))
+            )
+            cache = cache.replace(k_YBSKH=k_all, v_YBSKH=v_all)
+            k_BLKH, v_BLKH = k_all[cache.layer], v_all[cache.layer]
+            segment_ids_BL = (segment_ids_BL != 0).astype(jnp.int32)
+            kv_ids = dict(
+                kv_segment_ids_BS=cache.kv_segment_ids_BS, kv_positions_BS=cache.kv_positions_BS
+            )
         out_BLNH = attention(
             q_BLNH,
             k_BLKH,
             v_BLKH,
             q_segment_ids_BL=segment_ids_BL,
             q_positions_BL=positions_BL,
+            **kv_ids,
             causal=True,
             sliding_window=cfg.sliding_window,
             alibi_slopes_N=slopes,
@@ -97,7 +136,7 @@ class Attention(nnx.Module):
             dropout_key=dropout_key,
             impl=cfg.attention_impl,
         )
-        return self.o(out_BLNH)
+        return self.o(out_BLNH) if cache is None else (self.o(out_BLNH), cache)
 
 
 def split_key(key: Array | None, n: int) -> list[Array | None]:

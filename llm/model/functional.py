@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from llm.config import ModelConfig
+from llm.model.kv_cache import KVCache
 from llm.model.transformer import ModelOutput, Transformer
 from llm.typing import Array, PyTree
 
@@ -62,12 +63,25 @@ def forward(
     return_logits: bool = True,
     return_hidden_states: bool = False,
     input_embeddings_BLD: Array | None = None,
+    cache: KVCache | None = None,
 ) -> ModelOutput:
     """Runs the model; `dropout_key=None` is deterministic (evaluation).
 
     `input_embeddings_BLD` replaces the token-embedding lookup (soft prompts, gradient
     probes); `inputs_BL` still fixes the batch shape.
+
+    `cache` (a `KVCache`, see `llm/model/kv_cache.py`) makes this an incremental step: the
+    inputs continue the cached sequences, positions come from the cache lengths, and
+    `out.cache` is the updated cache. Positions, dropout and input embeddings must not be
+    given with a cache.
     """
+    if cache is not None and (
+        positions_BL is not None or dropout_key is not None or input_embeddings_BLD is not None
+    ):
+        raise ValueError(
+            "forward with a KV cache derives positions from the cache and runs without "
+            "dropout: pass neither positions_BL, dropout_key nor input_embeddings_BLD"
+        )
     model = nnx.merge(_abstract(cfg)[0], params)
     return model(
         inputs_BL,
@@ -77,6 +91,7 @@ def forward(
         return_logits=return_logits,
         return_hidden_states=return_hidden_states,
         input_embeddings_BLD=input_embeddings_BLD,
+        cache=cache,
     )
 
 

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from llm.config import ModelConfig
-from llm.model import positions
-from llm.model.attention import Attention, split_key
+from llm.model import kv_cache, positions
+from llm.model.attention import Attention, LayerCache, split_key
 from llm.model.layers import dropout, make_norm, normal, param
 from llm.model.mlp import MLP
 from llm.ops.masks import default_positions
@@ -46,12 +46,14 @@ class ModelOutput:
     hidden_BLD: the final hidden state, the input of the output layer.
     hidden_states: [Y+1, B, L, D] when requested: the embedding output, then each block's.
     aux_losses: named auxiliary losses (empty for dense models; MoE adds load balancing).
+    cache: the updated `KVCache` when the forward was given one, else None.
     """
 
     logits_BLV: Array | None
     hidden_BLD: Array
     hidden_states: Array | None = None
     aux_losses: dict[str, Array] = struct.field(default_factory=dict)
+    cache: kv_cache.KVCache | None = None
 
 
 class Block(nnx.Module):
@@ -67,16 +69,30 @@ class Block(nnx.Module):
         self.mlp_norm = make_norm(cfg, cfg.d_model, "embed", rngs)
         self.mlp = MLP(cfg, out_std=out_std, rngs=rngs)
 
-    def __call__(self, x_BLD, positions_BL, segment_ids_BL, key: Array | None) -> Array:
+    def __call__(
+        self,
+        x_BLD,
+        positions_BL,
+        segment_ids_BL,
+        key: Array | None,
+        cache: LayerCache | None = None,
+    ) -> Array | tuple[Array, LayerCache]:
+        """The block's output; with a KV cache, (output, updated cache)."""
         rate = self.cfg.resid_dropout
         k_attn, k_res1, k_res2 = split_key(key, 3)
-        if self.cfg.norm_placement == "pre":
-            h = self.attn(self.attn_norm(x_BLD), positions_BL, segment_ids_BL, k_attn)
+        pre = self.cfg.norm_placement == "pre"
+        h = self.attn(
+            self.attn_norm(x_BLD) if pre else x_BLD, positions_BL, segment_ids_BL, k_attn, cache
+        )
+        if cache is not None:
+            h, cache = h
+        if pre:
             x_BLD = x_BLD + dropout(h, rate, k_res1)
-            return x_BLD + dropout(self.mlp(self.mlp_norm(x_BLD)), rate, k_res2)
-        h = self.attn(x_BLD, positions_BL, segment_ids_BL, k_attn)
-        x_BLD = self.attn_norm(x_BLD + dropout(h, rate, k_res1))
-        return self.mlp_norm(x_BLD + dropout(self.mlp(x_BLD), rate, k_res2))
+            x_BLD = x_BLD + dropout(self.mlp(self.mlp_norm(x_BLD)), rate, k_res2)
+        else:
+            x_BLD = self.attn_norm(x_BLD + dropout(h, rate, k_res1))
+            x_BLD = self.mlp_norm(x_BLD + dropout(self.mlp(x_BLD), rate, k_res2))
+        return x_BLD if cache is None else (x_BLD, cache)
 
 
 class Transformer(nnx.Module):
@@ -107,14 +123,22 @@ class Transformer(nnx.Module):
         return_logits: bool = True,
         return_hidden_states: bool = False,
         input_embeddings_BLD: Array | None = None,
+        cache: kv_cache.KVCache | None = None,
     ) -> ModelOutput:
-        """`input_embeddings_BLD`, if given, replaces the token lookup (soft prompts, probes)."""
+        """`input_embeddings_BLD`, if given, replaces the token lookup (soft prompts, probes).
+
+        With a `cache`, the tokens continue each cached sequence (right-padded, segment id 0
+        marks padding; positions follow from the cache lengths) and the output carries the
+        updated cache. See `llm/model/kv_cache.py`.
+        """
         cfg = self.cfg
         B, L = tokens_BL.shape
-        if positions_BL is None:
-            positions_BL = default_positions(B, L)
         if segment_ids_BL is None:
             segment_ids_BL = jnp.ones((B, L), jnp.int32)
+        if cache is not None:
+            return self._cached(tokens_BL, segment_ids_BL, cache, return_logits)
+        if positions_BL is None:
+            positions_BL = default_positions(B, L)
         k_embed, k_blocks = split_key(dropout_key, 2)
         x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD)
         x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
@@ -128,6 +152,31 @@ class Transformer(nnx.Module):
             x_BLD = self.final_norm(x_BLD)
         logits = self.logits(x_BLD) if return_logits else None
         return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, hidden_states=hidden_states)
+
+    def _cached(self, tokens_BL, segment_ids_BL, cache, return_logits: bool) -> ModelOutput:
+        """Forward of new tokens against a KV cache (deterministic: no dropout)."""
+        positions_BL, kv_positions_BS, kv_segment_ids_BS = kv_cache.step_layout(
+            cache, segment_ids_BL
+        )
+        x_BLD = self.embed(tokens_BL, positions_BL)
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def body(carry, layer):
+            x_BLD, k_YBSKH, v_YBSKH = carry
+            layer_state, index = layer
+            view = LayerCache(k_YBSKH, v_YBSKH, index, kv_positions_BS, kv_segment_ids_BS)
+            block = nnx.merge(graphdef, layer_state)
+            x_BLD, view = block(x_BLD, positions_BL, segment_ids_BL, None, view)
+            return (x_BLD, view.k_YBSKH, view.v_YBSKH), None
+
+        layers_Y = jnp.arange(self.cfg.n_layers, dtype=jnp.int32)
+        carry = (x_BLD, cache.k_YBSKH, cache.v_YBSKH)
+        (x_BLD, k_YBSKH, v_YBSKH), _ = jax.lax.scan(body, carry, (stacked, layers_Y))
+        if self.final_norm is not None:
+            x_BLD = self.final_norm(x_BLD)
+        new_cache = kv_cache.KVCache(k_YBSKH, v_YBSKH, kv_cache.advance(cache, segment_ids_BL))
+        logits = self.logits(x_BLD) if return_logits else None
+        return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, cache=new_cache)
 
     def embed(self, tokens_BL: Array, positions_BL: Array, x_BLD: Array | None = None) -> Array:
         """Token embeddings (or the given ones) plus absolute position information."""

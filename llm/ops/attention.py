@@ -11,6 +11,8 @@
              Everything but attention dropout.
 * ``auto``   the best available for the backend and features, see `choose_impl`.
 
+`decode_attention` is the same choice for a few new tokens against a KV cache.
+
 Masks come from positions and segment ids (see `masks.py`); a feature a backend lacks raises
 `ValueError` naming the feature and backend rather than being silently dropped.
 """
@@ -48,18 +50,12 @@ def attention(
 
     Segment ids default to one segment (no padding); positions default to 0..L-1 and 0..S-1.
     """
-    B, L, N, _ = q_BLNH.shape
-    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    N, K = q_BLNH.shape[2], k_BSKH.shape[2]
     if N % K:
         raise ValueError(f"query heads {N=} must be a multiple of key/value heads {K=}")
-    if q_segment_ids_BL is None:
-        q_segment_ids_BL = jnp.ones((B, L), jnp.int32)
-    if kv_segment_ids_BS is None:
-        kv_segment_ids_BS = q_segment_ids_BL if S == L else jnp.ones((B, S), jnp.int32)
-    if q_positions_BL is None:
-        q_positions_BL = masks.default_positions(B, L)
-    if kv_positions_BS is None:
-        kv_positions_BS = q_positions_BL if S == L else masks.default_positions(B, S)
+    ids = _default_ids(
+        q_BLNH, k_BSKH, q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS
+    )
     if impl == "auto":
         impl = choose_impl(
             jax.default_backend(),
@@ -68,29 +64,62 @@ def attention(
             softcap=softcap,
             dropout_rate=dropout_rate,
         )
+    features = dict(causal=causal, sliding_window=sliding_window, softcap=softcap)
     if impl == "pallas":
         _require(dropout_rate == 0.0, "attention dropout", impl)
-        return _pallas(
-            q_BLNH,
-            k_BSKH,
-            v_BSKH,
-            (q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS),
-            alibi_slopes_N,
-            causal=causal,
-            sliding_window=sliding_window,
-            softcap=softcap,
-        )
+        return _pallas(q_BLNH, k_BSKH, v_BSKH, ids, alibi_slopes_N, **features)
+    if impl not in ("xla", "jax", "cudnn"):
+        raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLEMENTATIONS}")
+    return _dense(
+        q_BLNH,
+        k_BSKH,
+        v_BSKH,
+        ids,
+        alibi_slopes_N,
+        dropout_rate,
+        dropout_key,
+        impl=impl,
+        **features,
+    )
+
+
+def _default_ids(q_BLNH, k_BSKH, q_seg, kv_seg, q_pos, kv_pos) -> tuple[Array, ...]:
+    """Fill in segment ids (one segment) and positions (0..L-1, 0..S-1) the caller left out."""
+    B, L = q_BLNH.shape[:2]
+    S = k_BSKH.shape[1]
+    if q_seg is None:
+        q_seg = jnp.ones((B, L), jnp.int32)
+    if kv_seg is None:
+        kv_seg = q_seg if S == L else jnp.ones((B, S), jnp.int32)
+    if q_pos is None:
+        q_pos = masks.default_positions(B, L)
+    if kv_pos is None:
+        kv_pos = q_pos if S == L else masks.default_positions(B, S)
+    return q_seg, kv_seg, q_pos, kv_pos
+
+
+def _dense(
+    q_BLNH,
+    k_BSKH,
+    v_BSKH,
+    ids,
+    alibi_slopes_N,
+    dropout_rate,
+    dropout_key,
+    *,
+    impl,
+    causal,
+    sliding_window,
+    softcap,
+) -> Array:
+    """Backends that take a materialised [B, L, S] mask: the reference and jax.nn."""
+    q_seg, kv_seg, q_pos, kv_pos = ids
     mask_BLS = masks.attention_mask(
-        q_segment_ids_BL,
-        kv_segment_ids_BS,
-        q_positions_BL,
-        kv_positions_BS,
-        causal=causal,
-        sliding_window=sliding_window,
+        q_seg, kv_seg, q_pos, kv_pos, causal=causal, sliding_window=sliding_window
     )
     bias_BNLS = None
     if alibi_slopes_N is not None:
-        bias_BNLS = masks.alibi_bias(alibi_slopes_N, q_positions_BL, kv_positions_BS)
+        bias_BNLS = masks.alibi_bias(alibi_slopes_N, q_pos, kv_pos)
     if impl == "xla":
         return attention_reference(
             q_BLNH,
@@ -102,28 +131,26 @@ def attention(
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
         )
-    if impl in ("jax", "cudnn"):
-        _require(softcap is None, "logit soft-capping", impl)
-        _require(dropout_rate == 0.0, "attention dropout", impl)
-        return _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl)
-    raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLEMENTATIONS}")
+    _require(softcap is None, "logit soft-capping", impl)
+    _require(dropout_rate == 0.0, "attention dropout", impl)
+    return _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl)
 
 
 def choose_impl(
     backend: str, *, dtype, head_dim: int, softcap: float | None, dropout_rate: float
 ) -> str:
-    """What ``impl="auto"`` runs: the fastest backend that supports every requested feature.
+    """What ``impl="auto"`` runs: the best backend that supports every requested feature.
 
-    Dropout: only the reference has it. GPU: cuDNN's fused kernel for bf16/fp16 with head dims
-    it covers and no soft-capping, else our Triton kernel. TPU: our Mosaic kernel. Anything
-    else (CPU): the XLA reference, since Pallas would run in its slow interpreter there.
+    Dropout: only the reference has it. GPU and TPU: our Pallas kernels, which take positions
+    and segment ids directly, skip masked blocks and keep memory linear in sequence length.
+    (``cudnn`` stays selectable, but through `jax.nn.dot_product_attention` it needs the dense
+    [B, L, S] mask built here, quadratic in memory.) Anything else (CPU): the XLA reference,
+    since Pallas would run in its slow interpreter there.
     """
+    del dtype, head_dim, softcap  # every dtype, head dim and soft-cap is supported by pallas
     if dropout_rate > 0.0:
         return "xla"
-    if backend == "gpu":
-        cudnn_ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim in (64, 128)
-        return "cudnn" if cudnn_ok and softcap is None else "pallas"
-    if backend == "tpu":
+    if backend in ("gpu", "tpu"):
         return "pallas"
     return "xla"
 
@@ -141,6 +168,58 @@ def _pallas(q_BLNH, k_BSKH, v_BSKH, ids, alibi_slopes_N, **features) -> Array:
         raise ValueError(f"attention impl 'pallas' has no kernel for backend {backend!r}")
     return flash_attention_gpu.flash_attention(
         q_BLNH, k_BSKH, v_BSKH, *ids, alibi_slopes_N, interpret=backend == "cpu", **features
+    )
+
+
+def decode_attention(
+    q_BTNH: Array,
+    k_BSKH: Array,
+    v_BSKH: Array,
+    lengths_B: Array,
+    *,
+    sliding_window: int | None = None,
+    alibi_slopes_N: Array | None = None,
+    softcap: float | None = None,
+    impl: str = "xla",
+) -> Array:
+    """T new tokens per sequence against a KV cache holding lengths_B valid entries (incl. them).
+
+    Query t sits at position lengths - T + t; cache entry s is at position s and valid while
+    s < length. ``pallas`` (and ``auto`` on GPU) runs the decode kernel, which stops at each
+    sequence's own length; on TPU ``pallas`` is the flash kernel, whose block ranges skip the
+    unused cache. Other impls run `attention` with the equivalent segment ids and positions.
+    """
+    if impl == "auto":
+        impl = "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+    features = dict(sliding_window=sliding_window, softcap=softcap)
+    if impl == "pallas" and jax.default_backend() in ("gpu", "cpu"):
+        from llm.kernels import decode_attention as kernel
+
+        return kernel.decode_attention(
+            q_BTNH,
+            k_BSKH,
+            v_BSKH,
+            lengths_B,
+            alibi_slopes_N,
+            interpret=jax.default_backend() == "cpu",
+            **features,
+        )
+    B, T = q_BTNH.shape[:2]
+    S = k_BSKH.shape[1]
+    kv_positions_BS = masks.default_positions(B, S)
+    lengths_B1 = lengths_B[:, None].astype(jnp.int32)
+    return attention(
+        q_BTNH,
+        k_BSKH,
+        v_BSKH,
+        q_segment_ids_BL=jnp.ones((B, T), jnp.int32),
+        kv_segment_ids_BS=(kv_positions_BS < lengths_B1).astype(jnp.int32),
+        q_positions_BL=lengths_B1 - T + jnp.arange(T, dtype=jnp.int32),
+        kv_positions_BS=kv_positions_BS,
+        causal=True,
+        alibi_slopes_N=alibi_slopes_N,
+        impl=impl,
+        **features,
     )
 
 

@@ -69,7 +69,9 @@ def check_compatible(expected: PyTree, found: dict[str, tuple[tuple[int, ...], s
         for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]
     }
     problems = [f"{k}: missing from checkpoint" for k in sorted(want.keys() - found.keys())]
-    problems += [f"{k}: in checkpoint but not in the model" for k in sorted(found.keys() - want.keys())]
+    problems += [
+        f"{k}: in checkpoint but not in the model" for k in sorted(found.keys() - want.keys())
+    ]
     for k in sorted(want.keys() & found.keys()):
         if want[k] != found[k]:
             problems.append(
@@ -77,7 +79,9 @@ def check_compatible(expected: PyTree, found: dict[str, tuple[tuple[int, ...], s
                 f"config expects {want[k][0]} {want[k][1]}"
             )
     if problems:
-        raise CheckpointMismatch("checkpoint does not match the config:\n  " + "\n  ".join(problems))
+        raise CheckpointMismatch(
+            "checkpoint does not match the config:\n  " + "\n  ".join(problems)
+        )
 
 
 class Checkpointer:
@@ -153,7 +157,9 @@ class Checkpointer:
         steps = self.steps()
         if step is not None:
             if step not in steps:
-                raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}: {steps}")
+                raise FileNotFoundError(
+                    f"no checkpoint for step {step} in {self.directory}: {steps}"
+                )
             steps = [step]
         if not steps:
             return None

@@ -62,7 +62,9 @@ def evaluate(
         n_bytes += count_bytes(tokenizer, batch["targets"], batch["loss_mask"])
         n += 1
     if tokens == 0:
-        raise ValueError("evaluation saw no unmasked tokens (empty or fully masked validation data)")
+        raise ValueError(
+            "evaluation saw no unmasked tokens (empty or fully masked validation data)"
+        )
     loss = nats / tokens
     return {
         "loss": loss,

@@ -127,10 +127,16 @@ class Trainer:
         )
         self.step_fn = make_train_step(cfg, make_loss(cfg), tx, self.schedule)
         self.ckpt = Checkpointer(
-            self.run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=t.async_checkpointing
+            self.run_dir,
+            keep=t.keep_checkpoints,
+            keep_best=t.keep_best,
+            async_save=t.async_checkpointing,
         )
-        self.batches = train_batches or default_batches(cfg, "train", self.tokenizer)
-        self.val_batches = val_batches or (lambda: default_batches(cfg, "validation", self.tokenizer))
+        if train_batches is None:
+            train_batches = default_batches(cfg, "train", self.tokenizer)
+        if val_batches is None:
+            val_batches = lambda: default_batches(cfg, "validation", self.tokenizer)  # noqa: E731
+        self.batches, self.val_batches = train_batches, val_batches
         self.resumed_from = self._resume() if t.resume else None
         self.start = int(self.state.step)
         self.val: dict[str, float] | None = None
@@ -149,14 +155,21 @@ class Trainer:
         return {"config": to_dict(self.cfg), "tokenizer": self.cfg.data.tokenizer}
 
     def save(self, val_loss: float | None = None) -> None:
-        self.ckpt.save(self.state, data_state=self.batches.get_state(), meta=self.meta, val_loss=val_loss)
+        self.ckpt.save(
+            self.state, data_state=self.batches.get_state(), meta=self.meta, val_loss=val_loss
+        )
 
     def run_eval(self, log: MetricsLogger) -> dict[str, float]:
         m = self.cfg
-        self.val = evaluate(m.model, self.state.params, self.val_batches(), self.tokenizer, m.eval.batches)
+        self.val = evaluate(
+            m.model, self.state.params, self.val_batches(), self.tokenizer, m.eval.batches
+        )
         step = int(self.state.step)
         log.log(step, self.val, prefix="val")
-        log.message(f"step {step}: val loss {self.val['loss']:.4f}, ppl {self.val['ppl']:.2f}, bpb {self.val['bpb']:.4f}")
+        v = self.val
+        log.message(
+            f"step {step}: val loss {v['loss']:.4f}, ppl {v['ppl']:.2f}, bpb {v['bpb']:.4f}"
+        )
         return self.val
 
 
@@ -198,7 +211,9 @@ def train(
     `train_batches` / `val_batches` replace the configured data pipeline (tests, custom data);
     `train_batches` must offer `get_state()` / `set_state()` like `llm.data.make_batches`.
     """
-    trainer = Trainer(cfg, train_batches=train_batches, val_batches=val_batches, tokenizer=tokenizer)
+    trainer = Trainer(
+        cfg, train_batches=train_batches, val_batches=val_batches, tokenizer=tokenizer
+    )
     try:
         return _run(trainer)
     finally:
@@ -243,7 +258,10 @@ def _profile(tr: Trainer, step: int, end: bool = False) -> None:
 
 def _run(tr: Trainer) -> dict[str, Any]:
     cfg, t = tr.cfg, tr.cfg.train
-    rates = (flops_per_token(cfg.model, t.seq_len), t.peak_flops or measure_peak_flops(cfg.model.dtype))
+    rates = (
+        flops_per_token(cfg.model, t.seq_len),
+        t.peak_flops or measure_peak_flops(cfg.model.dtype),
+    )
     log = MetricsLogger(tr.run_dir, cfg, total_steps=t.steps, start_step=tr.start)
     t_start, loss, step = time.perf_counter(), None, tr.start
     if tr.resumed_from is not None:

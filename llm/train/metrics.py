@@ -10,9 +10,10 @@ Sinks:
   * tqdm progress bar on stderr with the latest loss.
 
 MFU (model FLOPs utilisation, PaLM appendix B): achieved model FLOP/s divided by the device
-peak. Model FLOPs per token = 6 * (matmul parameters) + 12 * layers * L * (heads * head_dim)
-for attention scores and values (forward + backward). The peak is `train.peak_flops` or,
-when unset, measured by timing a large matmul on this device in the compute dtype.
+peak. Model FLOPs per token come from `llm.model.accounting.train_flops_per_token` (3 x the
+forward: 2 x matmul params + causal attention scores and mixing; remat not counted). The
+peak is `train.peak_flops` or, when unset, measured by timing a large matmul on this device
+in the compute dtype.
 """
 
 from __future__ import annotations
@@ -29,24 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def matmul_params(model_cfg: Any) -> int:
-    """Parameters that take part in a matmul per token (excludes embedding lookups)."""
-    from llm.model import abstract_params
-    from llm.train.optim import param_paths
-
-    params = abstract_params(model_cfg)
-    total = 0
-    for path, leaf in zip(jax.tree.leaves(param_paths(params)), jax.tree.leaves(params), strict=True):
-        name = path.split("/")[-1]
-        if leaf.ndim >= 2 and name not in ("token_embed", "pos_embed") and "norm" not in path:
-            total += math.prod(leaf.shape)
-    return total + model_cfg.vocab_size * model_cfg.d_model  # output layer (tied or not)
-
-
 def flops_per_token(model_cfg: Any, seq_len: int) -> float:
-    """Training FLOPs per token: forward + backward of matmuls and attention (PaLM formula)."""
-    attn = 12 * model_cfg.n_layers * seq_len * model_cfg.n_heads * model_cfg.head_size
-    return 6 * matmul_params(model_cfg) + attn
+    """Training model FLOPs per token (forward + backward), as `llm.model.accounting` counts."""
+    from llm.model.accounting import train_flops_per_token
+
+    return train_flops_per_token(model_cfg, seq_len)
 
 
 def measure_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
@@ -68,7 +56,7 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, cfg: Any, *, total_steps: int, start_step: int = 0):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
         self._tb = self._open_tensorboard() if cfg.train.tensorboard else None
         self._wandb = self._open_wandb(cfg) if cfg.train.wandb_project else None
         self._bar = None
@@ -94,7 +82,9 @@ class MetricsLogger:
             ) from None
         from llm.config import to_dict
 
-        return wandb.init(project=cfg.train.wandb_project, config=to_dict(cfg), dir=str(self.run_dir))
+        return wandb.init(
+            project=cfg.train.wandb_project, config=to_dict(cfg), dir=str(self.run_dir)
+        )
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         """Writes one record; `prefix` groups TensorBoard/W&B curves ("train", "val")."""

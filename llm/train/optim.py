@@ -49,7 +49,7 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     elif cfg.schedule == "linear":
         after = optax.linear_schedule(peak, floor, rest)
     else:  # wsd: hold the peak, then decay linearly over the last decay_fraction of the run
-        decay = max(int(round(cfg.decay_fraction * total_steps)), 1)
+        decay = max(round(cfg.decay_fraction * total_steps), 1)
         stable = max(rest - decay, 0)
         after = optax.join_schedules(
             [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)],
@@ -146,8 +146,10 @@ def make_optimizer(
             optax.sgd(lr, momentum=cfg.b1 or None, nesterov=cfg.nesterov),
         )
     else:
-        adam_lr = lr if cfg.muon_adam_lr is None else make_schedule(
-            OptimConfig(**{**_fields(cfg), "lr": cfg.muon_adam_lr}), total_steps
+        adam_lr = (
+            lr
+            if cfg.muon_adam_lr is None
+            else make_schedule(OptimConfig(**{**_fields(cfg), "lr": cfg.muon_adam_lr}), total_steps)
         )
         rule = _muon(cfg, lr, adam_lr, params, axes)
     if cfg.grad_clip is None:

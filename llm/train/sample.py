@@ -21,7 +21,12 @@ from llm.typing import Array, PyTree
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _next_token(
-    model_cfg: Any, params: PyTree, window_1L: Array, t: Array, key: Array, top_k: int | None,
+    model_cfg: Any,
+    params: PyTree,
+    window_1L: Array,
+    t: Array,
+    key: Array,
+    top_k: int | None,
     temperature: Array,
 ) -> Array:
     """Samples the token after position t-1 of the window (greedy when temperature == 0)."""

@@ -82,7 +82,9 @@ def _select(ok: Array, new: PyTree, old: PyTree) -> PyTree:
 def _next_loss_scale(cfg: Any, state: TrainState, grads_ok: Array) -> tuple[Array, Array]:
     good = jnp.where(grads_ok, state.good_steps + 1, 0)
     grow = good >= cfg.train.loss_scale_period
-    scale = jnp.where(grads_ok, jnp.where(grow, state.loss_scale * 2, state.loss_scale), state.loss_scale / 2)
+    scale = jnp.where(
+        grads_ok, jnp.where(grow, state.loss_scale * 2, state.loss_scale), state.loss_scale / 2
+    )
     return scale, jnp.where(grow, 0, good)
 
 
@@ -103,7 +105,7 @@ def train_step(
     weight = jnp.maximum(out.weight, 1.0)
     grads = jax.tree.map(lambda g: (g / (scale * weight)).astype(jnp.float32), grads)
     loss = out.total / weight
-    gnorm = optax.global_norm(grads)
+    gnorm = optax.tree.norm(grads)
     grads_ok = jnp.isfinite(gnorm)
     finite = jnp.isfinite(loss) & (grads_ok | fp16)
     spike = _is_spike(state, loss, gnorm, cfg.train.spike_k) if cfg.train.spike_skip else False
@@ -127,7 +129,7 @@ def train_step(
     metrics = {
         "loss": loss,
         "grad_norm": gnorm,
-        "param_norm": optax.global_norm(new_state.params),
+        "param_norm": optax.tree.norm(new_state.params),
         "lr": schedule(state.step),
         "tokens": out.weight,
         "finite": finite,

@@ -62,8 +62,18 @@ SLOW_CASES = [
         orphan_queries=True,
         alibi=True,
     ),
-    Case("window_softcap_short", L=24, S=24, window=5, softcap=2.0),
-    Case("packed_bidirectional_gqa2", B=2, L=40, S=40, N=4, K=2, packed=True, causal=False),
+    Case(
+        "packed_bidirectional_window_softcap",
+        B=2,
+        L=40,
+        S=40,
+        N=4,
+        K=2,
+        packed=True,
+        causal=False,
+        window=5,
+        softcap=2.0,
+    ),
 ]
 
 
@@ -130,7 +140,7 @@ def test_kernel_bf16_no_worse_than_reference(kernel):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("H", [128, 256])
+@pytest.mark.parametrize("H", [256])  # 64 runs in the fast sweep; all lower in test_lowering
 def test_kernel_large_head_dims(kernel, H):
     module, block_options = KERNELS[kernel]
     case = Case(f"head{H}", L=20, S=20, N=2, K=1, H=H, packed=False, window=6, alibi=True)

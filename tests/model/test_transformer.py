@@ -5,6 +5,8 @@ K/V heads, linear RoPE scaling = positions divided by the factor, ...); otherwis
 that it changes outputs on the same parameters.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +16,28 @@ from llm.model import forward, init_params
 from tests.model.conftest import make_cfg, params_for
 
 
+@functools.cache
+def _jitted_logits(cfg):
+    """One compiled forward per config (XLA compiles take seconds on this CPU)."""
+    return jax.jit(lambda p, t, kw: forward(cfg, p, t, **kw).logits_BLV)
+
+
 def logits(cfg, params, tokens, **kw):
-    return jax.jit(lambda p, t: forward(cfg, p, t, **kw).logits_BLV)(params, tokens)
+    return _jitted_logits(cfg)(params, tokens, kw)
 
 
-def loss_and_grads(cfg, params, tokens, dropout_key=None):
-    def loss(p):
+@functools.cache
+def _jitted_loss_and_grads(cfg):
+    def loss(p, tokens, dropout_key):
         out = forward(cfg, p, tokens, dropout_key=dropout_key)
         logp = jax.nn.log_softmax(out.logits_BLV.astype(jnp.float32))
         return -jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1).mean()
 
-    return jax.jit(jax.value_and_grad(loss))(params)
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def loss_and_grads(cfg, params, tokens, dropout_key=None):
+    return _jitted_loss_and_grads(cfg)(params, tokens, dropout_key)
 
 
 def assert_finite_training(cfg, params, tokens, dropout_key=None):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from train_fixtures import SyntheticBatches, tiny_config  # noqa: E402
+from train_fixtures import SyntheticBatches, tiny_config
 
-from llm.train.loop import train  # noqa: E402
+from llm.train.loop import train
 
 
 class Blocking(SyntheticBatches):

@@ -9,8 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from train_fixtures import tiny_config  # noqa: E402
-
+from train_fixtures import tiny_config
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from llm.train.checkpoint import CheckpointMismatch, Checkpointer, NoUsableCheckpoint
+from llm.train.checkpoint import Checkpointer, CheckpointMismatch, NoUsableCheckpoint
 from llm.train.state import init_state
 
 PARAMS = {"blocks": {"w": jnp.arange(12.0).reshape(3, 4)}, "norm": {"scale": jnp.ones(4)}}
@@ -24,7 +24,9 @@ def _state(step, params=PARAMS):
 
 
 def _save(ckpt, step, val_loss=None):
-    ckpt.save(_state(step), data_state={"next": step}, meta={"tokenizer": "byte"}, val_loss=val_loss)
+    ckpt.save(
+        _state(step), data_state={"next": step}, meta={"tokenizer": "byte"}, val_loss=val_loss
+    )
 
 
 @pytest.fixture
@@ -97,5 +99,10 @@ def test_shape_mismatch_names_the_path(ckpt):
     with pytest.raises(CheckpointMismatch) as err:
         ckpt.restore(init_state(wider, optax.adamw(1e-3), seed=0))
     text = str(err.value)
-    assert "params.blocks.w: checkpoint has shape (3, 4) float32, config expects (3, 5) float32" in text
-    assert "params.norm.scale: checkpoint has shape (4,) float32, config expects (4,) bfloat16" in text
+    assert (
+        "params.blocks.w: checkpoint has shape (3, 4) float32, config expects (3, 5) float32"
+        in text
+    )
+    assert (
+        "params.norm.scale: checkpoint has shape (4,) float32, config expects (4,) bfloat16" in text
+    )

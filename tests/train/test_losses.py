@@ -43,7 +43,9 @@ def test_chunked_equals_plain(data, chunk, z, eps):
 
     def chunked(h, w):
         project = lambda x: x @ w  # noqa: E731
-        return cross_entropy_chunked(project, h, y, mask, chunk_size=chunk, z_coef=z, smoothing=eps)[0]
+        return cross_entropy_chunked(
+            project, h, y, mask, chunk_size=chunk, z_coef=z, smoothing=eps
+        )[0]
 
     (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(h, w) for f in (plain, chunked))
     np.testing.assert_allclose(v2, v1, rtol=1e-5)

@@ -27,7 +27,6 @@ def test_optimizer_steps_downhill(params, name):
     cfg = OptimConfig(name=name, lr=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.0)
     tx = make_optimizer(cfg, 10, params, logical_axes(MODEL))
 
-
     @jax.jit
     def step(p):
         updates, _ = tx.update(jax.grad(_loss)(p), tx.init(p), p)
@@ -42,7 +41,9 @@ def test_schedules_golden():
     # Golden values worked out by hand from the schedule definitions (peak 1.0, floor 0.1).
     base = dict(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     cos = make_schedule(OptimConfig(schedule="cosine", **base), 110)
-    np.testing.assert_allclose([cos(0), cos(9), cos(10), cos(60), cos(110)], [0.1, 1, 1, 0.55, 0.1], atol=1e-6)
+    np.testing.assert_allclose(
+        [cos(0), cos(9), cos(10), cos(60), cos(110)], [0.1, 1, 1, 0.55, 0.1], atol=1e-6
+    )
     lin = make_schedule(OptimConfig(schedule="linear", **base), 110)
     np.testing.assert_allclose([lin(10), lin(60), lin(110)], [1, 0.55, 0.1], atol=1e-6)
     const = make_schedule(OptimConfig(schedule="constant", **base), 110)

@@ -15,10 +15,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
-from llm.train.checkpoint import Checkpointer
 from test_loop import _like
 from train_fixtures import tiny_config
+
+from llm.train.checkpoint import Checkpointer
 
 CHILD = Path(__file__).parent / "child_train.py"
 N, K = 12, 4  # total steps; checkpoint interval (the kill comes after checkpoint K)
@@ -80,7 +80,9 @@ def test_golden_resume_after_sigkill(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc_a = _start(straight, *COMMON)
     proc_b = _start(killed, "--block-after", str(K + 2), *COMMON)
-    _wait_for(lambda: (killed / "blocked").exists() and (killed / "checkpoints" / str(K)).is_dir(), proc_b)
+    _wait_for(
+        lambda: (killed / "blocked").exists() and (killed / "checkpoints" / str(K)).is_dir(), proc_b
+    )
     proc_b.send_signal(signal.SIGKILL)
     proc_b.wait()
     assert sorted(os.listdir(killed / "checkpoints")) == [str(K)]

@@ -14,7 +14,6 @@ from llm.train.optim import make_optimizer, make_schedule
 from llm.train.state import init_state
 from llm.train.step import make_train_step
 
-
 TRACES = []  # one entry per trace of the shared step's loss function
 
 
@@ -27,7 +26,9 @@ def _setup(*overrides, loss_fn=None):
         jax.tree.map(jnp.copy, params), tx, seed=0, loss_scale=scale,
         spike_window=cfg.train.spike_window,
     )  # fmt: skip
-    step = make_train_step(cfg, loss_fn or make_loss(cfg), tx, make_schedule(cfg.optim, cfg.train.steps))
+    step = make_train_step(
+        cfg, loss_fn or make_loss(cfg), tx, make_schedule(cfg.optim, cfg.train.steps)
+    )
     return fresh, step
 
 
@@ -78,7 +79,9 @@ def test_grad_accumulation_equals_big_batch(shared):
     results = []
     for fresh, step in (shared, _setup("train.grad_accum=4")):
         new, m = step(fresh(), batch)
-        results.append((_copy(new.opt_state), float(m["loss"]), float(m["grad_norm"]), float(m["tokens"])))
+        results.append(
+            (_copy(new.opt_state), float(m["loss"]), float(m["grad_norm"]), float(m["tokens"]))
+        )
     (o1, l1, g1, t1), (o4, l4, g4, t4) = results
     assert t1 == t4 == 8 * 16 - 3 * 11
     np.testing.assert_allclose(l4, l1, rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Tiny configs and a small, resumable in-memory batch iterator with the `llm.data.make_batches` protocol.
+"""Tiny configs and a small resumable in-memory batch iterator (the `make_batches` protocol).
 
 Batches are windows of a fixed text (byte tokens) at offsets drawn from a generator seeded
 by (seed, batch index), so `set_state({"index": i})` continues the exact stream.

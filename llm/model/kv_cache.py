@@ -1,0 +1,122 @@
+"""A preallocated, static-shape key/value cache for incremental decoding.
+
+Layout: cache slot s of a sequence holds the keys/values of the token at position s, so
+`lengths_B[b]` valid entries sit in slots 0..lengths_B[b]-1 and everything above is garbage
+masked out by kv segment id 0. This is the layout the ragged decode kernel
+(`llm/kernels/decode_attention.py`) reads, and it makes rollback (speculative decoding) a
+matter of lowering `lengths_B`.
+
+Keys are stored after RoPE, and only the K key/value heads (grouped-query attention keeps the
+cache N/K times smaller than the query heads would). Every layer has its own slice along a
+leading `layers` axis so the cache rides through the same `lax.scan` as the stacked block
+params: each scan step writes the new tokens into its layer's slice of the carried cache, an
+in-place update once the step function donates the cache.
+
+A step feeds a block of new tokens [B, L]: right-padded, i.e. row b holds its valid tokens
+first and padding (segment id 0) after. Token t of row b sits at position lengths_B[b] + t.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from llm.config import ModelConfig
+from llm.typing import Array
+
+
+@struct.dataclass
+class KVCache:
+    """k_YBSKH / v_YBSKH: per-layer keys and values; lengths_B: valid slots per sequence."""
+
+    k_YBSKH: Array
+    v_YBSKH: Array
+    lengths_B: Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k_YBSKH.shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.k_YBSKH.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty cache for `batch` sequences of up to `max_len` tokens (in `cfg.dtype`)."""
+    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.head_size)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    return KVCache(
+        k_YBSKH=jnp.zeros(shape, dtype),
+        v_YBSKH=jnp.zeros(shape, dtype),
+        lengths_B=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+def cache_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> int:
+    """Memory of `init_cache(cfg, batch, max_len)` in bytes (keys and values)."""
+    itemsize = jnp.dtype(dtype or cfg.dtype).itemsize
+    return 2 * cfg.n_layers * batch * max_len * cfg.kv_heads * cfg.head_size * itemsize
+
+
+def logical_axes() -> KVCache:
+    """Logical axis names of the cache arrays, for the same rules table as the params."""
+    from jax.sharding import PartitionSpec as P
+
+    kv = P("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+    return KVCache(k_YBSKH=kv, v_YBSKH=kv, lengths_B=P("batch"))
+
+
+def step_layout(cache: KVCache, segment_ids_BL: Array) -> tuple[Array, Array, Array]:
+    """Positions of the new tokens and the kv positions / segment ids after writing them.
+
+    Returns (positions_BL, kv_positions_BS, kv_segment_ids_BS): the kv ids are 1 for slots
+    below the new length and 0 (masked) above, so backends see an ordinary ragged mask.
+    """
+    B, L = segment_ids_BL.shape
+    positions_BL = cache.lengths_B[:, None] + jnp.arange(L, dtype=jnp.int32)
+    new_lengths_B = cache.lengths_B + (segment_ids_BL != 0).sum(-1, dtype=jnp.int32)
+    slots_S = jnp.arange(cache.max_len, dtype=jnp.int32)
+    kv_positions_BS = jnp.broadcast_to(slots_S, (B, cache.max_len))
+    kv_segment_ids_BS = (slots_S[None] < new_lengths_B[:, None]).astype(jnp.int32)
+    return positions_BL, kv_positions_BS, kv_segment_ids_BS
+
+
+def advance(cache: KVCache, segment_ids_BL: Array) -> Array:
+    """lengths_B after appending the valid (segment id != 0) tokens of a step."""
+    return cache.lengths_B + (segment_ids_BL != 0).sum(-1, dtype=jnp.int32)
+
+
+def write(kv_BSKH: Array, new_BLKH: Array, positions_BL: Array) -> Array:
+    """kv_BSKH with new_BLKH stored at slots positions_BL; slots past the end are dropped."""
+    B = kv_BSKH.shape[0]
+    rows_B1 = jnp.arange(B, dtype=jnp.int32)[:, None]
+    return kv_BSKH.at[rows_B1, positions_BL].set(new_BLKH.astype(kv_BSKH.dtype), mode="drop")
+
+
+def write_layer(kv_YBSKH: Array, layer: Array, new_BLKH: Array, positions_BL: Array) -> Array:
+    """Writes one layer's new keys (or values) into the stacked cache, in place under jit."""
+    B, L = positions_BL.shape
+    layer_BL = jnp.broadcast_to(layer, (B, L))
+    rows_BL = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
+    new = new_BLKH.astype(kv_YBSKH.dtype)
+    return kv_YBSKH.at[layer_BL, rows_BL, positions_BL].set(new, mode="drop")
+
+
+def select_rows(cache: KVCache, rows_B: Array) -> KVCache:
+    """The cache of sequences `rows_B` (beam search reorders beams this way)."""
+    return KVCache(
+        k_YBSKH=jnp.take(cache.k_YBSKH, rows_B, axis=1),
+        v_YBSKH=jnp.take(cache.v_YBSKH, rows_B, axis=1),
+        lengths_B=jnp.take(cache.lengths_B, rows_B, axis=0),
+    )
+
+
+def insert_row(cache: KVCache, row: Array, one: KVCache) -> KVCache:
+    """`cache` with sequence `row` replaced by the single-sequence cache `one` (same max_len)."""
+    return KVCache(
+        k_YBSKH=jax.lax.dynamic_update_slice_in_dim(cache.k_YBSKH, one.k_YBSKH, row, axis=1),
+        v_YBSKH=jax.lax.dynamic_update_slice_in_dim(cache.v_YBSKH, one.v_YBSKH, row, axis=1),
+        lengths_B=jax.lax.dynamic_update_slice_in_dim(cache.lengths_B, one.lengths_B, row, 0),
+    )

@@ -1,0 +1,39 @@
+"""Shared tiny setup for the sharding tests (8 simulated CPU devices, see tests/conftest.py).
+
+Compiles are the cost here, so the unsharded reference and one sharded initial state are
+built once per session and shared.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sharding_fixtures import config, reference_run  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """(init params, per-step losses, final state) of the unsharded SGD-momentum run."""
+    return reference_run(config("unused", "optim.name=sgd"), 3)
+
+
+@pytest.fixture(scope="session")
+def fsdp_state():
+    """(cfg, plan, tx, state): an AdamW state created in its shards on fsdp=8."""
+    import jax
+
+    from llm.sharding.init import init_train_state, make_plan
+    from llm.sharding.mesh import make_mesh
+    from sharding_fixtures import optimizer, preset_config
+
+    cfg = preset_config("fsdp")
+    plan = make_plan(cfg, make_mesh(cfg.mesh))
+    tx = optimizer(cfg)
+    state = init_train_state(cfg, plan, tx)
+    return cfg, plan, tx, jax.block_until_ready(state)

@@ -1,0 +1,72 @@
+"""One of two JAX processes (4 simulated CPU devices each) training the tiny model with FSDP.
+
+    python multiprocess_child.py PROCESS_ID PORT RUN_DIR OUT_JSON
+
+Steps 1-2, a checkpoint every process writes its shards of, a restore of that checkpoint
+into a fresh state, step 3; process 0 writes the losses and the final params to OUT_JSON.
+Run by test_multiprocess.py; the environment sets JAX_PLATFORMS and XLA_FLAGS.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "train")]
+
+import jax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+from sharding_fixtures import batches, optimizer, preset_config  # noqa: E402
+
+from llm.data.device import to_device  # noqa: E402
+from llm.sharding.distributed import initialize  # noqa: E402
+from llm.sharding.init import abstract_state, init_train_state, make_plan, state_shardings  # noqa: E402
+from llm.sharding.mesh import make_mesh  # noqa: E402
+from llm.train.checkpoint import Checkpointer  # noqa: E402
+from llm.train.losses import make_loss  # noqa: E402
+from llm.train.optim import make_schedule  # noqa: E402
+from llm.train.step import make_train_step  # noqa: E402
+
+
+def main(pid: int, port: int, run_dir: str, out: str) -> None:
+    cfg = preset_config(
+        "fsdp",
+        "optim.name=sgd",
+        f"mesh.coordinator_address=127.0.0.1:{port}",
+        "mesh.num_processes=2",
+        f"mesh.process_id={pid}",
+    )
+    info = initialize(cfg.mesh)
+    assert (info.index, info.count, info.local_devices, info.devices) == (pid, 2, 4, 8), info
+    plan = make_plan(cfg, make_mesh(cfg.mesh))
+    tx = optimizer(cfg)
+    shardings = state_shardings(cfg, plan, tx)
+    schedule = make_schedule(cfg.optim, cfg.train.steps)
+    step = make_train_step(
+        cfg, make_loss(cfg), tx, schedule, state_shardings=shardings, batch_sharding=plan.batch
+    )
+    rows = cfg.train.batch_size // info.count  # this process's rows of every global batch
+    local = [{k: v[pid * rows : (pid + 1) * rows] for k, v in b.items()} for b in batches(cfg, 3)]
+    state, losses = init_train_state(cfg, plan, tx), []
+    for batch in local[:2]:
+        state, metrics = step(state, to_device(batch, plan.batch))
+        losses.append(float(metrics["loss"]))
+    ckpt = Checkpointer(run_dir, keep=1, keep_best=0, async_save=False)
+    ckpt.save(state, data_state={"index": 2}, meta={})
+    ckpt.wait()
+    del state
+    restored = ckpt.restore(abstract_state(cfg, plan, tx))
+    state = restored.state
+    for batch in local[restored.data_state["index"] :]:
+        state, metrics = step(state, to_device(batch, plan.batch))
+        losses.append(float(metrics["loss"]))
+    params = multihost_utils.process_allgather(state.params, tiled=True)
+    ckpt.close()
+    if pid == 0:
+        flat = [x.tolist() for x in jax.tree.leaves(params)]
+        Path(out).write_text(json.dumps({"losses": losses, "params": flat, "compiles": step._cache_size()}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
