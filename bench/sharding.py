@@ -26,17 +26,17 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     ).strip()
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-import jax  # noqa: E402
+import jax
 
-from llm.config import load_config  # noqa: E402
-from llm.model import logical_axes  # noqa: E402
-from llm.model.functional import abstract_params  # noqa: E402
-from llm.sharding.init import abstract_state, make_plan  # noqa: E402
-from llm.sharding.memory import plan as memory_plan  # noqa: E402
-from llm.sharding.mesh import make_mesh  # noqa: E402
-from llm.train.losses import make_loss  # noqa: E402
-from llm.train.optim import make_optimizer, make_schedule  # noqa: E402
-from llm.train.step import make_train_step  # noqa: E402
+from llm.config import load_config
+from llm.model import logical_axes
+from llm.model.functional import abstract_params
+from llm.sharding.init import abstract_state, make_plan
+from llm.sharding.memory import plan as memory_plan
+from llm.sharding.mesh import make_mesh
+from llm.train.losses import make_loss
+from llm.train.optim import make_optimizer, make_schedule
+from llm.train.step import make_train_step
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 PRESET_MESHES = {
@@ -79,9 +79,7 @@ def compile_step(cfg, devices):
 
 def count_collectives(hlo: str) -> dict[str, int]:
     """Collective instructions in optimised HLO text (async pairs counted once, by -start)."""
-    return {
-        op: len(re.findall(rf"\s{op}(?:-start)?\(", hlo)) for op in COLLECTIVES
-    }
+    return {op: len(re.findall(rf"\s{op}(?:-start)?\(", hlo)) for op in COLLECTIVES}
 
 
 def mib(n: float) -> str:
@@ -90,8 +88,10 @@ def mib(n: float) -> str:
 
 def memory_table(base: list[str], counts: list[int]) -> None:
     print("\n## FSDP: per-device bytes vs device count (compiled memory_analysis)\n")
-    print("| devices | params/dev MiB (plan) | opt state/dev MiB (plan) | step arguments MiB | "
-          "x 1-device | temp MiB | output MiB |")
+    print(
+        "| devices | params/dev MiB (plan) | opt state/dev MiB (plan) | step arguments MiB | "
+        "x 1-device | temp MiB | output MiB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     first = None
     for n in counts:
@@ -99,9 +99,11 @@ def memory_table(base: list[str], counts: list[int]) -> None:
         mem = compile_step(cfg, jax.devices()[:n]).memory_analysis()
         p = memory_plan(cfg, n)
         first = first or mem.argument_size_in_bytes
-        print(f"| {n} | {mib(p.params)} | {mib(p.optimizer)} | {mib(mem.argument_size_in_bytes)} "
-              f"| {mem.argument_size_in_bytes / first:.3f} | {mib(mem.temp_size_in_bytes)} "
-              f"| {mib(mem.output_size_in_bytes)} |")
+        print(
+            f"| {n} | {mib(p.params)} | {mib(p.optimizer)} | {mib(mem.argument_size_in_bytes)} "
+            f"| {mem.argument_size_in_bytes / first:.3f} | {mib(mem.temp_size_in_bytes)} "
+            f"| {mib(mem.output_size_in_bytes)} |"
+        )
 
 
 def collectives_table(base: list[str]) -> None:

@@ -1,8 +1,8 @@
 """`llm convert from-hf|from-gguf|to-hf`: checkpoints in and out (see docs/interop.md).
 
-    llm convert from-hf HF_DIR OUT_DIR        config.json + safetensors + tokenizer -> OUT_DIR
-    llm convert from-gguf FILE.gguf OUT_DIR   dequantized llama.cpp checkpoint -> OUT_DIR
-    llm convert to-hf RUN_DIR OUT_DIR         imported model or training run -> HF directory
+llm convert from-hf HF_DIR OUT_DIR        config.json + safetensors + tokenizer -> OUT_DIR
+llm convert from-gguf FILE.gguf OUT_DIR   dequantized llama.cpp checkpoint -> OUT_DIR
+llm convert to-hf RUN_DIR OUT_DIR         imported model or training run -> HF directory
 """
 
 from __future__ import annotations

@@ -119,7 +119,9 @@ def _insert(state: DecodeState, new: DecodeState, slots_b: Array) -> DecodeState
         put(0)(state.cache.lengths_B, new.cache.lengths_B),
     )  # fmt: skip
     return DecodeState(
-        cache, jax.tree.map(put(0), state.sampler, new.sampler), put(0)(state.tokens_B, new.tokens_B)
+        cache,
+        jax.tree.map(put(0), state.sampler, new.sampler),
+        put(0)(state.tokens_B, new.tokens_B),
     )
 
 
@@ -162,7 +164,9 @@ class Engine:
             )
         bad = [t for t in prompt if not 0 <= t < self.cfg.vocab_size]
         if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})")
+            raise ValueError(
+                f"token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})"
+            )
 
     def prefill(
         self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
@@ -205,15 +209,14 @@ class Engine:
         if stop.stop_strings and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
         state = self.prefill(prompts, params)
-        rows = [_Row(self, len(p), stop) for p in prompts]
+        rows = [RowTracker(self, len(p), stop) for p in prompts]
         active = np.zeros(state.tokens_B.shape[0], bool)
         active[: len(prompts)] = True
         while True:
             tokens = np.asarray(state.tokens_B)
             for i, row in enumerate(rows):
                 if active[i]:
-                    for event in row.accept(i, int(tokens[i])):
-                        yield event
+                    yield from row.accept(i, int(tokens[i]))
                     active[i] = row.finish_reason is None
             if not active.any():
                 return
@@ -237,7 +240,7 @@ class Engine:
         return [Completion(i, "".join(t), r) for i, t, r in zip(ids, texts, reasons, strict=True)]
 
 
-class _Row:
+class RowTracker:
     """Host-side bookkeeping of one sequence: counts, stop checks, text stream."""
 
     def __init__(self, engine: Engine, prompt_len: int, stop: StopCriteria):

@@ -202,7 +202,7 @@ def sample(logits_BV: Array, s: SamplerState) -> Array:
 
 def record(s: SamplerState, tokens_B: Array, active_B: Array) -> SamplerState:
     """The state after the active rows emitted `tokens_B`."""
-    B, V = s.counts_BV.shape
+    _B, V = s.counts_BV.shape
     onehot_BV = (jnp.arange(V)[None] == tokens_B[:, None]) & active_B[:, None]
     return s.replace(
         counts_BV=s.counts_BV + onehot_BV.astype(jnp.int32),

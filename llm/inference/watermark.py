@@ -13,6 +13,7 @@ same in jnp (generation, on device, for the whole vocabulary) and NumPy (detecti
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -64,7 +65,7 @@ def z_score(ids: Sequence[int], context: int | None = None) -> tuple[float, int]
     green bigram inflate the count (the paper's recommended de-duplication).
     """
     seq = ([context] if context is not None else []) + list(ids)
-    pairs = sorted(set(zip(seq[:-1], seq[1:], strict=True)))
+    pairs = sorted(set(itertools.pairwise(seq)))
     if not pairs:
         return 0.0, 0
     prev, token = (np.array(x, np.int64) for x in zip(*pairs, strict=True))

@@ -72,9 +72,7 @@ class ChatTemplate:
         self, tokenizer: Any, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
     ) -> list[int]:
         """Token ids of the rendered conversation; contents are never parsed for specials."""
-        held = [
-            {**m, "content": _PLACEHOLDER.format(k)} for k, m in enumerate(_checked(messages))
-        ]
+        held = [{**m, "content": _PLACEHOLDER.format(k)} for k, m in enumerate(_checked(messages))]
         text = self.render(held, add_generation_prompt)
         pieces = _PLACEHOLDER_RE.split(text)
         seen = [int(k) for k in pieces[1::2]]

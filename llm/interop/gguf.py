@@ -86,7 +86,9 @@ def read_metadata(reader) -> dict[str, Any]:
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
-def model_config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source: str) -> ModelConfig:
+def model_config_from_gguf(
+    meta: dict[str, Any], tensor_names: set[str], source: str
+) -> ModelConfig:
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise UnsupportedConfig(f"{source}: GGUF architecture {arch!r} is not supported (llama)")
@@ -96,9 +98,14 @@ def model_config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source:
     g = lambda key, default=...: _get(meta, f"llama.{key}", default, source)  # noqa: E731
     d_model, n_heads = g("embedding_length"), g("attention.head_count")
     head_dim = g("attention.key_length", d_model // n_heads)
-    if g("attention.value_length", head_dim) != head_dim or g("rope.dimension_count", head_dim) != head_dim:
+    if (
+        g("attention.value_length", head_dim) != head_dim
+        or g("rope.dimension_count", head_dim) != head_dim
+    ):
         raise UnsupportedConfig(f"{source}: value length or partial RoPE differs from head_dim")
     vocab = g("vocab_size", None) or len(meta["tokenizer.ggml.tokens"])
+    if len(meta.get("tokenizer.ggml.tokens", [])) > vocab:
+        raise UnsupportedConfig(f"{source}: more tokens than llama.vocab_size={vocab}")
     scaling = g("rope.scaling.type", "none")
     if scaling not in ("none", "linear"):
         raise UnsupportedConfig(f"{source}: llama.rope.scaling.type {scaling!r} is not supported")
@@ -140,13 +147,6 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     rows = w.shape[0]
     head = rows // n_heads
     return w.reshape(n_heads, head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """llama.cpp's Q/K row permutation (rotate-half halves -> interleaved pairs)."""
-    rows = w.shape[0]
-    head = rows // n_heads
-    return w.reshape(n_heads, 2, head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _hf_name(name: str) -> tuple[str, int | None]:

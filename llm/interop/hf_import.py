@@ -21,7 +21,9 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, param_dtype: str = "fl
         json.loads(config_path.read_text()), source=str(config_path), param_dtype=param_dtype
     )
     params, unused = load_hf_params(model, src)
-    tokenizer = {n: src / n for n in ("tokenizer.json", "tokenizer_config.json") if (src / n).is_file()}
+    tokenizer = {
+        n: src / n for n in ("tokenizer.json", "tokenizer_config.json") if (src / n).is_file()
+    }
     if "tokenizer.json" not in tokenizer:
         if not (src / "tokenizer.model").is_file():
             raise FileNotFoundError(f"{src}: no tokenizer.json or tokenizer.model")

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llm.config import Config, ModelConfig, load_config, save_config
+from llm.config import Config, DataConfig, ModelConfig, TrainConfig, load_config, save_config
 from llm.typing import PyTree
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -29,10 +29,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 def make_config(model: ModelConfig, tokenizer_path: Path) -> Config:
     """A full Config around an imported ModelConfig (training sections left at defaults)."""
-    cfg = Config(model=model)
-    train = dataclasses.replace(cfg.train, seq_len=min(cfg.train.seq_len, model.max_seq_len))
-    data = dataclasses.replace(cfg.data, tokenizer=str(tokenizer_path.absolute()))
-    return dataclasses.replace(cfg, train=train, data=data)
+    train = TrainConfig()
+    train = dataclasses.replace(train, seq_len=min(train.seq_len, model.max_seq_len))
+    data = DataConfig(tokenizer=str(tokenizer_path.absolute()))
+    return Config(model=model, train=train, data=data)
 
 
 def save_model(
@@ -86,7 +86,9 @@ def load_model(model_dir: str | Path) -> tuple[Config, PyTree, Any]:
     cfg = load_config(path / "config.yaml")
     for name in ("tokenizer.json", "tokenizer.model"):  # the directory may have moved
         if (path / name).is_file():
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(path / name)))
+            cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, tokenizer=str(path / name))
+            )
             break
     params = ocp.StandardCheckpointer().restore(path / "params", abstract_params(cfg.model))
     return cfg, params, load_tokenizer(cfg.data.tokenizer)

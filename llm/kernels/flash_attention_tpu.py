@@ -70,6 +70,7 @@ def flash_attention(
         interpret=interpret,
     )
     ids = (q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS)
+    fc.check_features(ids, q_BLNH, k_BSKH, sliding_window, softcap, "flash_attention_tpu")
     ids = tuple(x.astype(jnp.int32) for x in ids)
     return _flash(st, q_BLNH, k_BSKH, v_BSKH, *ids, alibi_slopes_N)
 

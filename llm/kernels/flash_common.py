@@ -207,6 +207,20 @@ def check_inputs(q_BLNH: Array, k_BSKH: Array, v_BSKH: Array, where: str) -> Non
         raise ValueError(f"{where}: dtype {q_BLNH.dtype} unsupported; use float32 or bfloat16")
 
 
+def check_features(ids, q_BLNH, k_BSKH, sliding_window, softcap, where: str) -> None:
+    """Segment ids / positions shaped [B, L] and [B, S]; window and soft-cap positive."""
+    B, L = q_BLNH.shape[:2]
+    S = k_BSKH.shape[1]
+    names = ("q_segment_ids", "kv_segment_ids", "q_positions", "kv_positions")
+    for name, x, want in zip(names, ids, ((B, L), (B, S), (B, L), (B, S)), strict=True):
+        if x.shape != want:
+            raise ValueError(f"{where}: {name} must have shape {want}, got {x.shape}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"{where}: {sliding_window=} must be >= 1 (or None)")
+    if softcap is not None and softcap <= 0:
+        raise ValueError(f"{where}: {softcap=} must be > 0 (or None)")
+
+
 def flash_attention_reference(
     q_BLNH: Array,
     k_BSKH: Array,

@@ -51,7 +51,9 @@ def constrain(x: Array, logical: tuple[str | None, ...]) -> Array:
         return x
     mesh, rules = active
     if len(logical) != x.ndim:
-        raise ShardingError(f"constrain: {logical} names {len(logical)} axes, x has shape {x.shape}")
+        raise ShardingError(
+            f"constrain: {logical} names {len(logical)} axes, x has shape {x.shape}"
+        )
     spec = mesh_spec(rules, logical)
     for size, entry, name in zip(x.shape, spec, logical, strict=True):
         if size % axis_size(mesh.shape, entry):

@@ -70,7 +70,7 @@ def initialize(cfg: MeshConfig, *, platform: str | None = None) -> ProcessInfo:
             f"process_id={pid} are not (set them in the config or JAX_NUM_PROCESSES / "
             "JAX_PROCESS_ID)"
         )
-    multi = explicit and count > 1 or (not explicit and _detected_cluster())
+    multi = (explicit and count > 1) or (not explicit and _detected_cluster())
     if multi and not jax.distributed.is_initialized():
         if (platform or os.environ.get("JAX_PLATFORMS", "")).startswith("cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -57,18 +57,24 @@ def make_plan(cfg: Config, mesh: Mesh) -> ShardingPlan:
     R.check_divisible(abstract_params(cfg.model), specs, shape)
     batch_spec = R.mesh_spec(rules, ("batch", "length"))
     _check_batch(cfg, batch_spec, shape)
-    R.check_axes_used([*jax.tree.leaves(specs, is_leaf=R._is_spec), batch_spec], shape, cfg.mesh.rules)
+    R.check_axes_used(
+        [*jax.tree.leaves(specs, is_leaf=R.is_spec), batch_spec], shape, cfg.mesh.rules
+    )
     return ShardingPlan(mesh, cfg.mesh.rules, rules, specs, NamedSharding(mesh, batch_spec))
 
 
 def _check_batch(cfg: Config, spec: PartitionSpec, shape: Mapping[str, int]) -> None:
+    """The global batch must split evenly over its shards (each device gets whole rows).
+
+    Micro-batches (`grad_accum`) are cut inside the step; if their rows do not divide the
+    shards, GSPMD reshards them (correct, slower), so only the global batch is required.
+    """
     t = cfg.train
     rows, length = R.axis_size(shape, spec[0]), R.axis_size(shape, spec[1])
-    micro = t.batch_size // t.grad_accum
-    if micro % rows:
+    if t.batch_size % rows:
         raise R.ShardingError(
-            f"train.batch_size / train.grad_accum = {micro} rows per micro-batch is not "
-            f"divisible by the {rows} batch shards (mesh axes {spec[0]})"
+            f"train.batch_size={t.batch_size} is not divisible by the {rows} batch shards "
+            f"(mesh axes {spec[0]})"
         )
     if t.seq_len % length:
         raise R.ShardingError(
@@ -86,7 +92,7 @@ def opt_state_specs(opt_abstract: PyTree, params_abstract: PyTree, param_specs: 
     by_path = {}
     flat_params = jax.tree_util.tree_flatten_with_path(params_abstract)[0]
     for (path, leaf), spec in zip(
-        flat_params, jax.tree.leaves(param_specs, is_leaf=R._is_spec), strict=True
+        flat_params, jax.tree.leaves(param_specs, is_leaf=R.is_spec), strict=True
     ):
         by_path[tuple(_key_str(k) for k in path)] = (tuple(leaf.shape), spec)
 
@@ -120,7 +126,9 @@ def state_specs(cfg: Config, plan: ShardingPlan, tx: optax.GradientTransformatio
     return dataclasses.replace(replicated, params=plan.param_specs, opt_state=opt)
 
 
-def state_shardings(cfg: Config, plan: ShardingPlan, tx: optax.GradientTransformation) -> TrainState:
+def state_shardings(
+    cfg: Config, plan: ShardingPlan, tx: optax.GradientTransformation
+) -> TrainState:
     """`state_specs` as NamedShardings: the step's in/out shardings and restore targets."""
     return R.named(plan.mesh, state_specs(cfg, plan, tx))
 

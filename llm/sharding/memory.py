@@ -62,7 +62,7 @@ def shard_elements(shape: tuple[int, ...], spec, mesh_shape: Mapping[str, int]) 
 
 def tree_shard_bytes(abstract: PyTree, specs: PyTree, mesh_shape: Mapping[str, int]) -> int:
     leaves = jax.tree.leaves(abstract)
-    flat_specs = jax.tree.leaves(specs, is_leaf=R._is_spec)
+    flat_specs = jax.tree.leaves(specs, is_leaf=R.is_spec)
     return sum(
         shard_elements(x.shape, s, mesh_shape) * np.dtype(x.dtype).itemsize
         for x, s in zip(leaves, flat_specs, strict=True)

@@ -90,19 +90,19 @@ def _path(keys: tuple) -> str:
     return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
 
 
-def _is_spec(x: object) -> bool:
+def is_spec(x: object) -> bool:
     return isinstance(x, PartitionSpec)
 
 
 def param_specs(rules: Mapping[str, MeshAxes], logical_tree: PyTree) -> PyTree:
     """Tree of logical PartitionSpecs (`llm.model.logical_axes`) -> mesh PartitionSpecs."""
-    return jax.tree.map(lambda s: mesh_spec(rules, s), logical_tree, is_leaf=_is_spec)
+    return jax.tree.map(lambda s: mesh_spec(rules, s), logical_tree, is_leaf=is_spec)
 
 
 def check_divisible(abstract: PyTree, specs: PyTree, mesh_shape: Mapping[str, int]) -> None:
     """Raises ShardingError naming every param path whose dimension its axes do not divide."""
     problems = []
-    flat_specs = jax.tree.leaves(specs, is_leaf=_is_spec)
+    flat_specs = jax.tree.leaves(specs, is_leaf=is_spec)
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
     for (path, leaf), spec in zip(flat, flat_specs, strict=True):
         for dim, (size, entry) in enumerate(zip(leaf.shape, spec, strict=False)):
@@ -133,4 +133,4 @@ def _names(entry: str | tuple) -> tuple[str, ...]:
 
 def named(mesh: Mesh, specs: PyTree) -> PyTree:
     """Mesh PartitionSpecs -> NamedShardings on `mesh`."""
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=is_spec)

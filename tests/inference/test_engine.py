@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.inference import SamplingParams, StopCriteria, engine as engine_mod
+from llm.inference import SamplingParams, StopCriteria
+from llm.inference import engine as engine_mod
 from llm.model import forward
-
 from tests.inference.conftest import TINY
 
 PROMPTS = [[10, 20, 30, 40, 50], [7, 8], [100, 101, 102]]

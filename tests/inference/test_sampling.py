@@ -93,7 +93,7 @@ def test_greedy_and_seeds(sample_fn):
 
 
 def test_invalid_params_are_named():
-    with pytest.raises(ValueError, match="top_p=1.5"):
+    with pytest.raises(ValueError, match=r"top_p=1\.5"):
         SamplingParams(top_p=1.5)
     with pytest.raises(ValueError, match="temperature=-1"):
         SamplingParams(temperature=-1)

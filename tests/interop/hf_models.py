@@ -42,7 +42,15 @@ def hf_config(arch: str):
         return T.Qwen2Config(**llama_like)
     if arch == "qwen3":  # head_dim 16 with 4 heads != d_model 32: decoupled
         return T.Qwen3Config(**llama_like, head_dim=16)
-    return T.GPT2Config(n_embd=32, n_layer=N_LAYERS, n_head=4, n_positions=64, vocab_size=VOCAB)
+    return T.GPT2Config(
+        n_embd=32,
+        n_layer=N_LAYERS,
+        n_head=4,
+        n_positions=64,
+        vocab_size=VOCAB,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
 
 
 def randomize(model, seed: int) -> None:

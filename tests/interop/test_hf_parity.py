@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 from greedy import greedy
-
 from hf_models import hf_logits, max_rel_err
+
 from llm.interop import export_hf, import_hf, load_model
 from llm.model import forward
 
@@ -61,7 +61,7 @@ def test_greedy_matches_transformers(imported):
 def test_round_trip_is_bitwise(imported, tmp_path):
     from safetensors.numpy import load_file
 
-    arch, _, hf_dir, _, (cfg, params, tok) = imported
+    _, _, hf_dir, _, (cfg, params, tok) = imported
     export_hf(cfg.model, params, tmp_path / "hf", tokenizer=tok, tokenizer_dir=hf_dir)
     original = load_file(str(hf_dir / "model.safetensors"))
     exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
@@ -82,7 +82,7 @@ def test_export_loads_with_from_pretrained(imported, tmp_path):
     import torch
     import transformers as T
 
-    arch, model, hf_dir, _, (cfg, params, tok) = imported
+    _, model, hf_dir, _, (cfg, params, tok) = imported
     export_hf(cfg.model, params, tmp_path, tokenizer=tok, tokenizer_dir=hf_dir)
     reloaded = T.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(reloaded) is type(model)

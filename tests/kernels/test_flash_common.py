@@ -82,3 +82,22 @@ def test_block_sizes_validated_and_clamped():
         BlockSizes(block_k=48)
     assert clamp_block(128, 5, 16) == 16 and clamp_block(128, 40, 16) == 64
     assert clamp_block(64, 1000, 16) == 64
+
+
+def test_kernels_reject_bad_inputs_naming_the_kernel():
+    from llm.kernels import flash_attention_gpu
+
+    q = jnp.zeros((2, 8, 4, 16))
+    kv = jnp.zeros((2, 8, 2, 16))
+    ids = (jnp.ones((2, 8), jnp.int32),) * 4
+    f = flash_attention_gpu.flash_attention
+    with pytest.raises(ValueError, match=r"flash_attention_gpu: kv_positions must have shape"):
+        f(q, kv, kv, *ids[:3], jnp.ones((2, 9), jnp.int32), interpret=True)
+    with pytest.raises(ValueError, match="flash_attention_gpu: sliding_window=0 must be >= 1"):
+        f(q, kv, kv, *ids, sliding_window=0, interpret=True)
+    with pytest.raises(ValueError, match=r"flash_attention_gpu: softcap=-1.0 must be > 0"):
+        f(q, kv, kv, *ids, softcap=-1.0, interpret=True)
+    with pytest.raises(ValueError, match="query heads N=4 must be a multiple of kv heads K=3"):
+        f(q, jnp.zeros((2, 8, 3, 16)), jnp.zeros((2, 8, 3, 16)), *ids, interpret=True)
+    with pytest.raises(ValueError, match="dtype int32 unsupported"):
+        f(*(x.astype(jnp.int32) for x in (q, kv, kv)), *ids, interpret=True)

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sharding_fixtures import config, reference_run  # noqa: E402
+from sharding_fixtures import config, reference_run
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +27,10 @@ def reference():
 def fsdp_state():
     """(cfg, plan, tx, state): an AdamW state created in its shards on fsdp=8."""
     import jax
+    from sharding_fixtures import optimizer, preset_config
 
     from llm.sharding.init import init_train_state, make_plan
     from llm.sharding.mesh import make_mesh
-    from sharding_fixtures import optimizer, preset_config
 
     cfg = preset_config("fsdp")
     plan = make_plan(cfg, make_mesh(cfg.mesh))

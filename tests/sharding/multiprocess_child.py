@@ -2,9 +2,12 @@
 
     python multiprocess_child.py PROCESS_ID PORT RUN_DIR OUT_JSON
 
-Steps 1-2, a checkpoint every process writes its shards of, a restore of that checkpoint
-into a fresh state, step 3; process 0 writes the losses and the final params to OUT_JSON.
-Run by test_multiprocess.py; the environment sets JAX_PLATFORMS and XLA_FLAGS.
+The mesh is fsdp=4 (ICI) x dcn_fsdp=2 (the two processes), which takes the multi-slice path
+of `make_mesh` (`create_hybrid_device_mesh` with processes as granules) and lays out the same
+8-way FSDP axis as the single-process run. Steps 1-2, a checkpoint every process writes its
+shards of, a restore of that checkpoint into a fresh state, step 3; process 0 writes the
+losses and the final params to OUT_JSON. Run by test_multiprocess.py, which sets
+JAX_PLATFORMS and XLA_FLAGS.
 """
 
 from __future__ import annotations
@@ -33,13 +36,19 @@ def main(pid: int, port: int, run_dir: str, out: str) -> None:
     cfg = preset_config(
         "fsdp",
         "optim.name=sgd",
+        "mesh.fsdp=4",  # fsdp = 4 devices per process (ICI) x 2 processes (DCN) = 8
+        "mesh.dcn_fsdp=2",
         f"mesh.coordinator_address=127.0.0.1:{port}",
         "mesh.num_processes=2",
         f"mesh.process_id={pid}",
     )
     info = initialize(cfg.mesh)
     assert (info.index, info.count, info.local_devices, info.devices) == (pid, 2, 4, 8), info
-    plan = make_plan(cfg, make_mesh(cfg.mesh))
+    mesh = make_mesh(cfg.mesh)
+    assert dict(mesh.shape)["fsdp"] == 8, mesh
+    # DCN is the outer part of the axis: process 0 holds the first 4 positions
+    assert [d.process_index for d in mesh.devices.flat] == [0] * 4 + [1] * 4
+    plan = make_plan(cfg, mesh)
     tx = optimizer(cfg)
     shardings = state_shardings(cfg, plan, tx)
     schedule = make_schedule(cfg.optim, cfg.train.steps)
@@ -65,7 +74,9 @@ def main(pid: int, port: int, run_dir: str, out: str) -> None:
     ckpt.close()
     if pid == 0:
         flat = [x.tolist() for x in jax.tree.leaves(params)]
-        Path(out).write_text(json.dumps({"losses": losses, "params": flat, "compiles": step._cache_size()}))
+        Path(out).write_text(
+            json.dumps({"losses": losses, "params": flat, "compiles": step._cache_size()})
+        )
 
 
 if __name__ == "__main__":

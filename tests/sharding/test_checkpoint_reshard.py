@@ -14,7 +14,7 @@ from llm.train.checkpoint import Checkpointer
 
 @pytest.fixture(scope="module")
 def saved(fsdp_state, tmp_path_factory):
-    cfg, _, tx, state = fsdp_state
+    _, _, tx, state = fsdp_state
     ckpt = Checkpointer(tmp_path_factory.mktemp("run"), keep=1, keep_best=0, async_save=False)
     ckpt.save(state, data_state={"index": 3}, meta={"note": "fsdp=8"})
     ckpt.wait()

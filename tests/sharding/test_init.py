@@ -51,7 +51,7 @@ def test_tp_sp_splits_batch_length_and_heads():
 
 
 def test_sharded_init_equals_reference_and_splits_8_ways(fsdp_state, reference):
-    cfg, plan, _, state = fsdp_state
+    _, plan, _, state = fsdp_state
     ref_params = reference[0]
     for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_params), strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)  # partitionable threefry: exact
