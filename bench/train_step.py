@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    p.add_argument("--no-profile", action="store_true", help="skip the op-time breakdown")
     return p.parse_args()
 
 
@@ -144,6 +145,50 @@ def main() -> None:
         for name, fn in runners.items():
             times[name].append(timed(fn, a.steps))
     report(a, cfg, times, max(peaks), flops_per_token(cfg.model, L), threads)
+    if not a.no_profile:
+        profile(runners["train step"], a.steps)
+
+
+# XLA:CPU thunk names -> what they are (ynn = YNNPACK matmul fusions; dot = plain XLA dots).
+CATEGORIES = [
+    ("matmul (ynn_fusion / dot)", ("ynn_fusion", "dot")),
+    ("layout copies / transposes", ("copy", "transpose", "bitcast_fusion")),
+    (
+        "scan stacking (dynamic-slice / update)",
+        ("dynamic-slice", "dynamic-update-slice", "bitcast_dynamic"),
+    ),
+    ("broadcasts", ("wrapped_broadcast", "broadcast")),
+    ("elementwise / reduction fusions", ("fusion", "reduce", "multiply", "add", "select", "exp")),
+]
+WRAPPERS = ("ThunkExecutor", "block_until_ready", "profiler", "SlinkyThreadPool", "$")
+
+
+def profile(run_step, steps: int) -> None:
+    """Time per op category of the train step, from a jax.profiler (perfetto) trace."""
+    import collections
+    import gzip
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        jax.block_until_ready([run_step() for _ in range(steps)])
+        jax.profiler.stop_trace()
+        (trace,) = Path(tmp).rglob("*.trace.json.gz")
+        events = json.load(gzip.open(trace))["traceEvents"]
+    by_category: collections.Counter = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or name.startswith(WRAPPERS):
+            continue
+        label = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        by_category[label] += e.get("dur", 0)
+    total = sum(by_category.values())
+    print(f"op time of {steps} train steps (profiler, all threads):")
+    print("| op category | ms/step | share |")
+    print("|---|---:|---:|")
+    for label, us in by_category.most_common():
+        print(f"| {label} | {us / 1e3 / steps:.1f} | {us / total:.0%} |")
 
 
 def report(a, cfg, times, peak, fpt, threads) -> None:

@@ -149,15 +149,15 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hf_name(name: str) -> tuple[str, int | None]:
+def _hf_name(name: str) -> str:
+    """The Hugging Face name of a GGUF tensor ("blk.3.attn_q.weight" -> "model.layers.3...")."""
     parts = name.split(".")
     if parts[0] == "blk" and len(parts) > 2 and parts[1].isdigit():
         key = "blk.{i}." + ".".join(parts[2:])
-        layer = int(parts[1])
         if key in TENSOR_NAMES:
-            return TENSOR_NAMES[key].replace("{i}", str(layer)), layer
+            return TENSOR_NAMES[key].replace("{i}", parts[1])
     elif name in TENSOR_NAMES:
-        return TENSOR_NAMES[name], None
+        return TENSOR_NAMES[name]
     raise UnsupportedConfig(f"GGUF tensor {name!r} has no place in our llama model")
 
 
@@ -169,7 +169,7 @@ def load_gguf_params(cfg: ModelConfig, reader) -> dict:
 
     builder = ParamsBuilder(cfg, llama_rules(cfg), abstract_params(cfg))
     for t in reader.tensors:
-        hf_name, _ = _hf_name(t.name)
+        hf_name = _hf_name(t.name)
         w = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         if hf_name.endswith("q_proj.weight"):
             w = unpermute_rows(w, cfg.n_heads)

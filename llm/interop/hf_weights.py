@@ -25,7 +25,7 @@ import numpy as np
 
 from llm.config import ModelConfig
 
-Path_ = tuple[str, ...]
+ParamPath = tuple[str, ...]
 # Buffers some checkpoints store that are not parameters (recomputed by the model).
 NON_PARAMS = (r"\.rotary_emb\.inv_freq$", r"\.attn\.bias$", r"\.attn\.masked_bias$")
 
@@ -39,20 +39,20 @@ class Rule:
     """
 
     hf: str
-    ours: tuple[Path_, ...]
+    ours: tuple[ParamPath, ...]
     load: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     save: Callable[..., np.ndarray]
 
 
-def _one(path: Path_, hf: str, load, save) -> Rule:
+def _one(path: ParamPath, hf: str, load, save) -> Rule:
     return Rule(hf, (path,), lambda w: (load(w),), save)
 
 
-def _ident(path: Path_, hf: str) -> Rule:
+def _ident(path: ParamPath, hf: str) -> Rule:
     return _one(path, hf, lambda w: w, lambda x: x)
 
 
-def _transposed(path: Path_, hf: str) -> Rule:
+def _transposed(path: ParamPath, hf: str) -> Rule:
     return _one(path, hf, lambda w: w.T, lambda x: x.T)
 
 
@@ -202,7 +202,7 @@ class ParamsBuilder:
             return
         raise ValueError(f"tensor {name!r} has no place in our {self._arch()} model")
 
-    def _put(self, name: str, path: Path_, layer: int | None, value: np.ndarray) -> None:
+    def _put(self, name: str, path: ParamPath, layer: int | None, value: np.ndarray) -> None:
         spec = _get(self.abstract, path)
         shape = spec.shape[1:] if layer is not None else spec.shape
         if layer is not None and not 0 <= layer < self.cfg.n_layers:
@@ -268,13 +268,13 @@ def hf_tensors(cfg: ModelConfig, params: dict) -> Iterator[tuple[str, np.ndarray
             yield name, np.ascontiguousarray(rule.save(*(x[i] for x in stacked)))
 
 
-def _get(tree: dict, path: Path_):
+def _get(tree: dict, path: ParamPath):
     for key in path:
         tree = tree[key]
     return tree
 
 
-def _set(tree: dict, path: Path_, value) -> None:
+def _set(tree: dict, path: ParamPath, value) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value

@@ -40,25 +40,24 @@ def smol(tmp_path_factory):
 
 
 def reference_state_dict(model, config) -> dict:
-    """transformers' GGUF path: gguf dequantization, its name map and its Q/K un-permutation."""
+    """The reference path: gguf's dequantization and HF<->GGUF name map, transformers' Q/K
+    un-permutation (what `from_pretrained(gguf_file=...)` uses)."""
     import torch
-    from gguf import GGUFReader
+    from gguf import MODEL_ARCH, GGUFReader, get_tensor_name_map
     from gguf.quants import dequantize
-    from transformers.modeling_gguf_pytorch_utils import (
-        LlamaTensorProcessor,
-        get_gguf_hf_weights_map,
-    )
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
     heads = dict(
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads,
     )
     processor = LlamaTensorProcessor(config=heads)
-    names = get_gguf_hf_weights_map(model, processor)
+    name_map = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    names = {name_map.get_name(k, try_suffixes=(".weight",)): k for k in model.state_dict()}
     state = {}
     for t in GGUFReader(str(smollm2_file())).tensors:
         w = processor.process(dequantize(t.data, t.tensor_type), t.name).weights
-        state[names[t.name]] = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+        state[names[t.name]] = torch.from_numpy(np.array(w, np.float32))
     return state
 
 
