@@ -133,8 +133,12 @@ def penalize(logits_BV: Array, s: SamplerState) -> Array:
     l = jnp.where(seen_BV, jnp.where(l > 0, l / r_B1, l * r_B1), l)
     counts = s.counts_BV.astype(jnp.float32)
     l = l - counts * s.frequency_B[:, None] - (counts > 0) * s.presence_B[:, None]
-    green_BV = green_mask(s.last_B, l.shape[-1])
-    return l + s.watermark_B[:, None] * green_BV
+    return jax.lax.cond(
+        jnp.any(s.watermark_B != 0),
+        lambda l: l + s.watermark_B[:, None] * green_mask(s.last_B, l.shape[-1]),
+        lambda l: l,
+        l,
+    )
 
 
 def truncate(logits_BV: Array, s: SamplerState) -> Array:
@@ -183,7 +187,12 @@ def processed_logits(logits_BV: Array, s: SamplerState) -> Array:
     l = penalize(logits_BV, s)
     t_B1 = s.temperature_B[:, None]
     scaled = l / jnp.where(t_B1 > 0, t_B1, 1.0)
-    return jnp.where(t_B1 > 0, truncate(scaled, s), l)
+    truncating_B = (s.top_k_B > 0) | (s.top_p_B < 1) | (s.min_p_B > 0) | (s.typical_p_B < 1)
+    # the sorts cost more than a small model's step: skip them when no row truncates
+    scaled = jax.lax.cond(
+        jnp.any(truncating_B & (s.temperature_B > 0)), truncate, lambda x, _: x, scaled, s
+    )
+    return jnp.where(t_B1 > 0, scaled, l)
 
 
 def row_keys(s: SamplerState) -> Array:

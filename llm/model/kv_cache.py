@@ -88,13 +88,6 @@ def advance(cache: KVCache, segment_ids_BL: Array) -> Array:
     return cache.lengths_B + (segment_ids_BL != 0).sum(-1, dtype=jnp.int32)
 
 
-def write(kv_BSKH: Array, new_BLKH: Array, positions_BL: Array) -> Array:
-    """kv_BSKH with new_BLKH stored at slots positions_BL; slots past the end are dropped."""
-    B = kv_BSKH.shape[0]
-    rows_B1 = jnp.arange(B, dtype=jnp.int32)[:, None]
-    return kv_BSKH.at[rows_B1, positions_BL].set(new_BLKH.astype(kv_BSKH.dtype), mode="drop")
-
-
 def write_layer(kv_YBSKH: Array, layer: Array, new_BLKH: Array, positions_BL: Array) -> Array:
     """Writes one layer's new keys (or values) into the stacked cache, in place under jit."""
     B, L = positions_BL.shape

@@ -29,23 +29,21 @@ def exhaustive(length_penalty):
     return max(best)
 
 
-def toy_step(beam_tokens):
-    def step(parents_W, tokens_W):
-        return TRANSITIONS_VV[tokens_W]
-
-    return step
+def toy_step(parents_W, tokens_W):
+    """The bigram model's next-token log-probabilities (it needs no per-beam state)."""
+    return TRANSITIONS_VV[tokens_W]
 
 
 def test_unpruned_beam_search_is_exhaustive():
     for length_penalty in (0.0, 1.0, -0.5, 2.0):
-        hyps = search(FIRST_V, toy_step(None), num_beams=V**T, max_new_tokens=T, eos_id=EOS,
+        hyps = search(FIRST_V, toy_step, num_beams=V**T, max_new_tokens=T, eos_id=EOS,
                       length_penalty=length_penalty)  # fmt: skip
         score, tokens = exhaustive(length_penalty)
         assert hyps[0].tokens == tokens and np.isclose(hyps[0].score, score), length_penalty
 
 
 def test_one_beam_is_greedy():
-    hyps = search(FIRST_V, toy_step(None), num_beams=1, max_new_tokens=T, eos_id=None)
+    hyps = search(FIRST_V, toy_step, num_beams=1, max_new_tokens=T, eos_id=None)
     seq = [int(np.argmax(FIRST_V))]
     for _ in range(T - 1):
         seq.append(int(np.argmax(TRANSITIONS_VV[seq[-1]])))
