@@ -45,9 +45,9 @@ class ModelConfig:
     rope_original_max_len: int = 8192  # llama3: context length the model was trained at
     sliding_window: int | None = None  # attend to at most this many latest tokens (self incl.)
     attn_logit_softcap: float | None = None  # cap * tanh(logits / cap) before softmax (Gemma-2)
-    attention_impl: AttentionImpl = (
-        "xla"  # xla: plain reference; jax/cudnn: jax.nn.dot_product_attention
-    )
+    # xla: jnp reference; jax/cudnn: jax.nn.dot_product_attention;
+    # pallas: llm/kernels (interpreted on CPU); auto: best available for the backend
+    attention_impl: AttentionImpl = "xla"
     qkv_bias: bool = False  # bias on the query/key/value projections (GPT-2, Qwen2)
     out_bias: bool = False  # bias on the attention output projection (GPT-2)
     mlp_bias: bool = False  # biases in the MLP (GPT-2)
