@@ -31,6 +31,7 @@ import jax
 from llm.config import load_config
 from llm.model import logical_axes
 from llm.model.functional import abstract_params
+from llm.sharding.constraints import with_activation_sharding
 from llm.sharding.init import abstract_state, make_plan
 from llm.sharding.memory import plan as memory_plan
 from llm.sharding.mesh import make_mesh
@@ -57,7 +58,7 @@ def compile_step(cfg, devices):
     shardings = jax.tree.map(lambda x: x.sharding, state)
     step = make_train_step(
         cfg,
-        make_loss(cfg),
+        with_activation_sharding(make_loss(cfg), plan.mesh, plan.rules),
         tx,
         make_schedule(cfg.optim, cfg.train.steps),
         state_shardings=shardings,

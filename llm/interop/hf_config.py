@@ -27,18 +27,24 @@ IGNORED = frozenset(
     initializer_range use_cache pad_token_id bos_token_id eos_token_id _name_or_path model_type
     pretraining_tp summary_type summary_use_proj summary_activation summary_proj_to_labels
     summary_first_dropout n_ctx max_window_layers tokenizer_class task_specific_params
-    reorder_and_upcast_attn _attn_implementation_autoset""".split()
+    reorder_and_upcast_attn _attn_implementation_autoset _attn_implementation is_llama_config
+    transformers.js_config""".split()
 )
 # Per model_type: keys the importer checks hold exactly this value (anything else: error).
 REQUIRED_VALUES: dict[str, dict[str, Any]] = {
+    "llama": {"rope_interleaved": False},  # SmolLM's config.json states the HF RoPE layout
     "gpt2": {
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "add_cross_attention": False,
     },
 }
-GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
-GPT2_ACTIVATIONS |= {"relu": "relu"}
+GPT2_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+}
 ROPE_KEYS = {
     "rope_type",
     "type",
@@ -140,7 +146,7 @@ def _llama_fields(f: _Fields, model_type: str) -> dict[str, Any]:
 def _sliding_window(f: _Fields, model_type: str) -> int | None:
     """Mistral: one window for all layers. Qwen2/3: only when every layer uses it."""
     window = f.take("sliding_window", None)
-    if model_type in ("llama",):
+    if model_type == "llama":
         return None
     if model_type == "mistral":
         return window

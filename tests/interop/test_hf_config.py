@@ -65,6 +65,7 @@ def test_old_top_level_rope_theta_and_rope_scaling_are_read():
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "yarn"),
         ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
         ({"quantization_config": {"bits": 4}}, "quantization_config"),
+        ({"rope_interleaved": True}, "rope_interleaved"),
     ],
 )
 def test_unsupported_fields_fail_naming_them(change, named):
@@ -83,3 +84,12 @@ def test_gpt2_attention_variants_are_refused():
     bad = saved_dict("gpt2") | {"scale_attn_by_inverse_layer_idx": True}
     with pytest.raises(UnsupportedConfig, match="scale_attn_by_inverse_layer_idx"):
         model_config_from_hf(bad)
+
+
+def test_transformers_4_style_config_is_read():
+    """Top-level rope_theta, `rope_scaling: null`, torch_dtype and SmolLM-style extra flags."""
+    old = {k: v for k, v in saved_dict("llama").items() if k != "rope_parameters"}
+    old |= dict(rope_theta=1e5, rope_scaling=None, torch_dtype="bfloat16", rope_interleaved=False)
+    old |= {"is_llama_config": True, "transformers.js_config": {}}
+    cfg = model_config_from_hf(old)
+    assert (cfg.rope_theta, cfg.rope_scaling, cfg.param_dtype) == (1e5, "none", "float32")
