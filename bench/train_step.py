@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-# bench/ holds scripts named like packages (bench/tokenizers.py would shadow the `tokenizers`
+# bench/ holds scripts named like packages (bench/tokenizer_training.py would shadow the `tokenizers`
 # package transformers imports): drop the script directory from the import path.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 

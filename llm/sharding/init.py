@@ -56,14 +56,14 @@ def make_plan(cfg: Config, mesh: Mesh) -> ShardingPlan:
     shape = dict(mesh.shape)
     R.check_divisible(abstract_params(cfg.model), specs, shape)
     batch_spec = R.mesh_spec(rules, ("batch", "length"))
-    _check_batch(cfg, batch_spec, shape)
+    check_batch(cfg, batch_spec, shape)
     R.check_axes_used(
         [*jax.tree.leaves(specs, is_leaf=R.is_spec), batch_spec], shape, cfg.mesh.rules
     )
     return ShardingPlan(mesh, cfg.mesh.rules, rules, specs, NamedSharding(mesh, batch_spec))
 
 
-def _check_batch(cfg: Config, spec: PartitionSpec, shape: Mapping[str, int]) -> None:
+def check_batch(cfg: Config, spec: PartitionSpec, shape: Mapping[str, int]) -> None:
     """The global batch must split evenly over its shards (each device gets whole rows).
 
     Micro-batches (`grad_accum`) are cut inside the step; if their rows do not divide the

@@ -32,7 +32,7 @@ from llm.config import Config
 from llm.model import logical_axes
 from llm.model.functional import abstract_params
 from llm.sharding import rules as R
-from llm.sharding.init import opt_state_specs
+from llm.sharding.init import check_batch, opt_state_specs
 from llm.sharding.mesh import resolve_shape
 from llm.train.optim import make_optimizer
 from llm.typing import PyTree
@@ -97,6 +97,7 @@ def plan(cfg: Config, n_devices: int) -> MemoryPlan:
     params = abstract_params(cfg.model)
     specs = R.param_specs(rules, logical_axes(cfg.model))
     R.check_divisible(params, specs, shape)
+    check_batch(cfg, R.mesh_spec(rules, ("batch", "length")), shape)
     tx = make_optimizer(cfg.optim, cfg.train.steps, params, logical_axes(cfg.model))
     opt = jax.eval_shape(tx.init, params)
     grads = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), params)

@@ -80,9 +80,16 @@ def load_run(run_dir: str, step: int | None = None) -> tuple[Any, PyTree, Any, i
     """(config, params, tokenizer, step) of a run directory's newest (or `step`) checkpoint.
 
     The config is the resolved one saved beside the checkpoints, so the restored arrays are
-    checked against exactly the shapes the run trained with.
+    checked against exactly the shapes the run trained with. A directory made by
+    `llm convert` (an imported model: `params/` beside `config.yaml`) loads as step 0.
     """
     from pathlib import Path
+
+    if (Path(run_dir) / "params").is_dir():
+        from llm.interop import load_model
+
+        cfg, params, tokenizer = load_model(run_dir)
+        return cfg, params, tokenizer, 0
 
     from llm.config import load_config
     from llm.model import init_params, logical_axes

