@@ -48,4 +48,4 @@ if __name__ == "__main__":
     print("# Exact versions CI installs: pip install -c requirements/lock.txt -e '.[...]'")
     print("# Regenerate: python requirements/lock.py " + " ".join(sys.argv[1:]))
     for name in sorted(pins):
-        print(f"{name}=={pins[name]}")
+        print(f"{name}=={pins[name].split('+')[0]}")  # local labels (+cpu) dropped
