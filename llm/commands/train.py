@@ -18,6 +18,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--dry_run", action="store_true", help="print sizes and FLOPs, no training")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="with --dry_run: plan per-device memory for this many devices (default: this host's)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +37,13 @@ def run(args: argparse.Namespace) -> int:
         args.config = str(DEFAULT_CONFIG)
     cfg = config_from_args(args)
     if args.dry_run:
+        import jax
+
         from llm.model.accounting import report
+        from llm.sharding.memory import report as mesh_report
 
         print(report(cfg))
+        print(mesh_report(cfg, args.devices or jax.device_count()))
         return 0
     from llm.train.loop import TrainingDiverged, train
 

@@ -17,6 +17,7 @@ from llm.model import kv_cache, positions
 from llm.model.layers import Linear, RMSNorm
 from llm.ops import masks
 from llm.ops.attention import attention
+from llm.sharding.constraints import constrain
 from llm.typing import Array
 
 
@@ -108,15 +109,19 @@ class Attention(nnx.Module):
             inv_freq = positions.rope_inv_freq(cfg)
             q_BLNH = positions.apply_rope(q_BLNH, positions_BL, inv_freq)
             k_BLKH = positions.apply_rope(k_BLKH, positions_BL, inv_freq)
+        # queries keep the sequence split (sequence parallelism); keys and values are whole
+        # along the sequence: GSPMD all-gathers them over the sequence axis for attention
+        q_BLNH = constrain(q_BLNH, ("batch", "length", "heads", None))
+        k_BLKH = constrain(k_BLKH, ("batch", None, "kv_heads", None))
+        v_BLKH = constrain(v_BLKH, ("batch", None, "kv_heads", None))
         slopes = masks.alibi_slopes(cfg.n_heads) if cfg.pos_encoding == "alibi" else None
         kv_ids = {}
         if cache is not None:
-            k_all, v_all = (
+            (k_all, k_BLKH), (v_all, v_BLKH) = (
                 kv_cache.write_layer(c, cache.layer, new, positions_BL)
                 for c, new in ((cache.k_YBSKH, k_BLKH), (cache.v_YBSKH, v_BLKH))
             )
             cache = cache.replace(k_YBSKH=k_all, v_YBSKH=v_all)
-            k_BLKH, v_BLKH = k_all[cache.layer], v_all[cache.layer]
             segment_ids_BL = (segment_ids_BL != 0).astype(jnp.int32)
             kv_ids = dict(
                 kv_segment_ids_BS=cache.kv_segment_ids_BS, kv_positions_BS=cache.kv_positions_BS

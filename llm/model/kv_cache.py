@@ -88,13 +88,22 @@ def advance(cache: KVCache, segment_ids_BL: Array) -> Array:
     return cache.lengths_B + (segment_ids_BL != 0).sum(-1, dtype=jnp.int32)
 
 
-def write_layer(kv_YBSKH: Array, layer: Array, new_BLKH: Array, positions_BL: Array) -> Array:
-    """Writes one layer's new keys (or values) into the stacked cache, in place under jit."""
-    B, L = positions_BL.shape
-    layer_BL = jnp.broadcast_to(layer, (B, L))
-    rows_BL = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
+def write_layer(
+    kv_YBSKH: Array, layer: Array, new_BLKH: Array, positions_BL: Array
+) -> tuple[Array, Array]:
+    """Stores one layer's new keys (or values) at slots positions_BL (slots past the end are
+    dropped); returns (the stacked cache, that layer's updated slice).
+
+    The layer is sliced out, updated, and written back with a dynamic-update-slice (which
+    XLA can do in place on the scan carry). Scattering straight into the stacked array was
+    slower on CPU: 63 vs 52 ms per decode step of the bench/decode.py model, 256 slots.
+    """
+    B = kv_YBSKH.shape[1]
+    kv_BSKH = jax.lax.dynamic_index_in_dim(kv_YBSKH, layer, axis=0, keepdims=False)
+    rows_B1 = jnp.arange(B, dtype=jnp.int32)[:, None]
     new = new_BLKH.astype(kv_YBSKH.dtype)
-    return kv_YBSKH.at[layer_BL, rows_BL, positions_BL].set(new, mode="drop")
+    kv_BSKH = kv_BSKH.at[rows_B1, positions_BL].set(new, mode="drop")
+    return jax.lax.dynamic_update_index_in_dim(kv_YBSKH, kv_BSKH, layer, axis=0), kv_BSKH
 
 
 def select_rows(cache: KVCache, rows_B: Array) -> KVCache:

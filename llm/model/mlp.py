@@ -12,6 +12,7 @@ from flax import nnx
 
 from llm.config import ModelConfig
 from llm.model.layers import Linear
+from llm.sharding.constraints import constrain
 from llm.typing import Array
 
 ACTIVATIONS = {
@@ -67,4 +68,5 @@ class MLP(nnx.Module):
             h_BLF = act(self.gate(x_BLD)) * self.up(x_BLD)
         else:
             h_BLF = act(self.up(x_BLD))
+        h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))
         return self.down(h_BLF)

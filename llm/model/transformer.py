@@ -29,6 +29,7 @@ from llm.model.attention import Attention, LayerCache, split_key
 from llm.model.layers import dropout, make_norm, normal, param
 from llm.model.mlp import MLP
 from llm.ops.masks import default_positions
+from llm.sharding.constraints import constrain
 from llm.typing import Array
 
 REMAT_POLICIES = {
@@ -78,6 +79,7 @@ class Block(nnx.Module):
         cache: LayerCache | None = None,
     ) -> Array | tuple[Array, LayerCache]:
         """The block's output; with a KV cache, (output, updated cache)."""
+        x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
         rate = self.cfg.resid_dropout
         k_attn, k_res1, k_res2 = split_key(key, 3)
         pre = self.cfg.norm_placement == "pre"
@@ -151,6 +153,8 @@ class Transformer(nnx.Module):
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
         logits = self.logits(x_BLD) if return_logits else None
+        if logits is not None:
+            logits = constrain(logits, ("batch", "length", "vocab"))
         return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, hidden_states=hidden_states)
 
     def _cached(self, tokens_BL, segment_ids_BL, cache, return_logits: bool) -> ModelOutput:

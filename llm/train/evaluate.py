@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -51,16 +51,28 @@ def evaluate(
     batches: Iterable[dict[str, np.ndarray]],
     tokenizer: Any,
     max_batches: int | None = None,
+    put: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]] | None = None,
 ) -> dict[str, float]:
-    """loss (nats/token), ppl, bpb and the token/byte/batch counts over `batches`."""
+    """loss (nats/token), ppl, bpb and the token/byte/batch counts over `batches`.
+
+    `put` turns a host batch into device arrays (default `jnp.asarray`); in a multi-process
+    run it is `llm.data.device.to_device` and each process passes only its own rows: the
+    loss sum is global (one jitted reduction), token and byte counts are summed over processes.
+    """
+    put = put or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
     nats, tokens, n_bytes, n = 0.0, 0.0, 0, 0
     for batch in batches:
         if max_batches is not None and n >= max_batches:
             break
-        nats += float(_eval_sums(model_cfg, params, {k: jnp.asarray(v) for k, v in batch.items()}))
+        nats += float(_eval_sums(model_cfg, params, put(batch)))
         tokens += float(np.sum(batch["loss_mask"]))
         n_bytes += count_bytes(tokenizer, batch["targets"], batch["loss_mask"])
         n += 1
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        counts = multihost_utils.process_allgather(np.array([tokens, n_bytes], np.float64))
+        tokens, n_bytes = float(counts[:, 0].sum()), int(counts[:, 1].sum())
     if tokens == 0:
         raise ValueError(
             "evaluation saw no unmasked tokens (empty or fully masked validation data)"

@@ -31,12 +31,13 @@ import jax
 import numpy as np
 
 from llm.config import Config, save_config, to_dict
+from llm.data.device import to_device
 from llm.train.checkpoint import Checkpointer
 from llm.train.evaluate import evaluate
 from llm.train.losses import make_loss
 from llm.train.metrics import MetricsLogger, flops_per_token, measure_peak_flops
 from llm.train.optim import make_optimizer, make_schedule, param_paths
-from llm.train.state import TrainState, init_state
+from llm.train.state import TrainState
 from llm.train.step import make_train_step
 
 Batches = Iterator[dict[str, np.ndarray]]
@@ -60,7 +61,22 @@ def load_tokenizer(spec: str) -> Any:
 def default_batches(cfg: Config, split: str, tokenizer: Any) -> Batches:
     from llm.data import make_batches
 
-    return make_batches(cfg, split, tokenizer, process_index=0, process_count=1)
+    # this process's rows of every global batch: all processes together make the batch
+    return make_batches(
+        cfg, split, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+
+
+class _Silent:
+    """The logger of processes other than 0: every process trains, only process 0 logs."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    message = advance = log
+
+    def close(self) -> None:
+        pass
 
 
 class _SignalFlag:
@@ -110,22 +126,31 @@ class Trainer:
         val_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
         tokenizer: Any = None,
     ) -> None:
-        from llm.model import init_params, logical_axes
+        from llm.model import logical_axes
+        from llm.model.functional import abstract_params
+        from llm.sharding import make_mesh, with_activation_sharding
+        from llm.sharding.init import init_train_state, make_plan, state_shardings
 
         self.cfg, t = cfg, cfg.train
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if jax.process_index() == 0:
+            save_config(cfg, self.run_dir / "config.yaml")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.data.tokenizer)
         _check_vocab(cfg, self.tokenizer)
-        params = init_params(cfg.model, jax.random.key(t.seed))
+        self.plan = make_plan(cfg, make_mesh(cfg.mesh))  # fails here, before any compile
         self.schedule = make_schedule(cfg.optim, t.steps)
-        tx = make_optimizer(cfg.optim, t.steps, params, logical_axes(cfg.model))
-        scale = t.loss_scale_init if cfg.model.dtype == "float16" else 1.0
-        self.state: TrainState = init_state(
-            params, tx, seed=t.seed, loss_scale=scale, spike_window=t.spike_window
+        tx = make_optimizer(cfg.optim, t.steps, abstract_params(cfg.model), logical_axes(cfg.model))
+        self.state: TrainState = init_train_state(cfg, self.plan, tx)  # created in its shards
+        loss = with_activation_sharding(make_loss(cfg), self.plan.mesh, self.plan.rules)
+        self.step_fn = make_train_step(
+            cfg,
+            loss,
+            tx,
+            self.schedule,
+            state_shardings=state_shardings(cfg, self.plan, tx),
+            batch_sharding=self.plan.batch,
         )
-        self.step_fn = make_train_step(cfg, make_loss(cfg), tx, self.schedule)
         self.ckpt = Checkpointer(
             self.run_dir,
             keep=t.keep_checkpoints,
@@ -162,7 +187,12 @@ class Trainer:
     def run_eval(self, log: MetricsLogger) -> dict[str, float]:
         m = self.cfg
         self.val = evaluate(
-            m.model, self.state.params, self.val_batches(), self.tokenizer, m.eval.batches
+            m.model,
+            self.state.params,
+            self.val_batches(),
+            self.tokenizer,
+            m.eval.batches,
+            put=lambda b: to_device(b, self.plan.batch),
         )
         step = int(self.state.step)
         log.log(step, self.val, prefix="val")
@@ -211,6 +241,9 @@ def train(
     `train_batches` / `val_batches` replace the configured data pipeline (tests, custom data);
     `train_batches` must offer `get_state()` / `set_state()` like `llm.data.make_batches`.
     """
+    from llm.sharding.distributed import initialize
+
+    initialize(cfg.mesh)  # multi-host jobs join here; a no-op for one process
     trainer = Trainer(
         cfg, train_batches=train_batches, val_batches=val_batches, tokenizer=tokenizer
     )
@@ -262,7 +295,11 @@ def _run(tr: Trainer) -> dict[str, Any]:
         flops_per_token(cfg.model, t.seq_len),
         t.peak_flops or measure_peak_flops(cfg.model.dtype),
     )
-    log = MetricsLogger(tr.run_dir, cfg, total_steps=t.steps, start_step=tr.start)
+    log = (
+        MetricsLogger(tr.run_dir, cfg, total_steps=t.steps, start_step=tr.start)
+        if jax.process_index() == 0
+        else _Silent()
+    )
     t_start, loss, step = time.perf_counter(), None, tr.start
     if tr.resumed_from is not None:
         log.message(f"resumed from the checkpoint at step {tr.resumed_from} in {tr.ckpt.directory}")
@@ -271,7 +308,8 @@ def _run(tr: Trainer) -> dict[str, Any]:
             window = _Window(step)
             while step < t.steps and flag.name is None:
                 _profile(tr, step)
-                tr.state, metrics = tr.step_fn(tr.state, next(tr.batches))
+                batch = to_device(next(tr.batches), tr.plan.batch)  # global arrays from local rows
+                tr.state, metrics = tr.step_fn(tr.state, batch)
                 step += 1
                 window.add(step, metrics)
                 if step == tr.start + 1:
