@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-# bench/ holds scripts named like packages (bench/tokenizer_training.py would shadow the `tokenizers`
-# package transformers imports): drop the script directory from the import path.
+# Keep bench/ itself off the import path so no script here can shadow a package that
+# transformers imports.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import jax  # noqa: E402

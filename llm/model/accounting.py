@@ -42,9 +42,7 @@ class ParamCounts:
 def param_counts(cfg: ModelConfig) -> ParamCounts:
     params = abstract_params(cfg)
     total = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    embedding = sum(
-        math.prod(x.shape) for k in EMBEDDING_KEYS if k in params for x in [params[k]]
-    )
+    embedding = sum(math.prod(x.shape) for k in EMBEDDING_KEYS if k in params for x in [params[k]])
     return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding)
 
 
