@@ -22,6 +22,7 @@ from llm.config.base import (
 from llm.config.data import DataConfig
 from llm.config.mesh import MeshConfig
 from llm.config.model import ModelConfig
+from llm.config.serve import ServeConfig
 from llm.config.sections import EvalConfig, OptimConfig, TrainConfig
 
 
@@ -35,6 +36,7 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -63,6 +65,7 @@ __all__ = [
     "MeshConfig",
     "ModelConfig",
     "OptimConfig",
+    "ServeConfig",
     "TrainConfig",
     "config_class",
     "from_dict",
