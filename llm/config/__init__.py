@@ -22,8 +22,8 @@ from llm.config.base import (
 from llm.config.data import DataConfig
 from llm.config.mesh import MeshConfig
 from llm.config.model import ModelConfig
-from llm.config.serve import ServeConfig
 from llm.config.sections import EvalConfig, OptimConfig, TrainConfig
+from llm.config.serve import ServeConfig
 
 
 @config_class

@@ -53,7 +53,11 @@ def load_model(checkpoint: str | None, step: int | None, config: Config | None,
 
 def chat_stops(tokenizer: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """(stop token ids, stop strings) ending an assistant turn: EOS and the end-of-turn marker
-    (one id when the vocabulary has it, else its text)."""
+    (one id when the vocabulary has it, else its text); a model's own chat template says
+    its own end-of-turn ids."""
+    template = getattr(tokenizer, "chat_template", None)
+    if template is not None:
+        return (*template.stop_ids(), tokenizer.eos_id), ()
     end = marker_ids(tokenizer, DEFAULT_SPECIALS.end_of_turn)
     if len(end) == 1 and end != tokenizer.encode(DEFAULT_SPECIALS.end_of_turn):
         return (tokenizer.eos_id, end[0]), ()

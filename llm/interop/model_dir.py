@@ -91,7 +91,17 @@ def load_model(model_dir: str | Path) -> tuple[Config, PyTree, Any]:
             )
             break
     params = ocp.StandardCheckpointer().restore(path / "params", abstract_params(cfg.model))
-    return cfg, params, load_tokenizer(cfg.data.tokenizer)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    if _has_chat_template(path):  # the model's own template drives apply_chat and chat stops
+        from llm.interop.chat_template import ChatTemplate
+
+        tokenizer.chat_template = ChatTemplate.from_dir(path)
+    return cfg, params, tokenizer
+
+
+def _has_chat_template(path: Path) -> bool:
+    config = path / "tokenizer_config.json"
+    return config.is_file() and "chat_template" in json.loads(config.read_text())
 
 
 def tokenizer_dir(model_dir: str | Path) -> Path | None:

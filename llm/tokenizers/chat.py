@@ -32,7 +32,14 @@ def apply_chat(
     add_generation_prompt: bool = False,
     specials: SpecialTokens = DEFAULT_SPECIALS,
 ) -> list[int]:
-    """BOS, then each message as <|role|> content <|end|>; optionally open an assistant turn."""
+    """BOS, then each message as <|role|> content <|end|>; optionally open an assistant turn.
+
+    A tokenizer that carries its model's own template (`tok.chat_template`, set when an
+    imported model directory has one, e.g. SmolLM2's ChatML) is rendered with that instead.
+    """
+    template = getattr(tok, "chat_template", None)
+    if template is not None:
+        return template.encode(tok, messages, add_generation_prompt=add_generation_prompt)
     ids = [tok.bos_id]
     end = marker_ids(tok, specials.end_of_turn)
     for k, message in enumerate(messages):

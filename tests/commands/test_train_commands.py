@@ -43,8 +43,11 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_dry_run_prints_the_accounting_report(capsys):
-    args = argparse.Namespace(config=None, overrides=[], dry_run=True)
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--dry_run", "--devices", "4"])
     assert train.run(args) == 0
     out = capsys.readouterr().out
+    assert "mesh (4 devices)" in out and "total per device" in out, out
     # 838,272: the parameter count of configs/default.yaml, from `python train.py --dry_run`
     assert "parameters (total)" in out and "838,272" in out

@@ -101,3 +101,18 @@ def test_smollm2_answers_paris_through_chat_template(smol):
     out = greedy(cfg.model, params, prompt, 20, stop_ids=chat.stop_ids())
     answer = tok.decode(out)
     assert "Paris" in answer, answer
+
+
+@pytest.mark.slow
+def test_generic_chat_path_uses_the_models_template(smol):
+    """`apply_chat` and the chat stops (used by `llm generate --chat` and the server) follow
+    the imported model's own ChatML template, not the package's default markers."""
+    from llm.inference.loading import chat_stops
+    from llm.tokenizers.chat import apply_chat
+
+    _, _, tok, chat = smol
+    ids = apply_chat(tok, QUESTION, add_generation_prompt=True)
+    assert ids == chat.encode(tok, QUESTION, add_generation_prompt=True)
+    assert "<|im_start|>assistant" in tok.decode(ids)
+    stop_ids, _ = chat_stops(tok)
+    assert chat.stop_ids()[0] in stop_ids
