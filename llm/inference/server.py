@@ -28,6 +28,17 @@ from llm.inference.engine import Engine
 from llm.inference.scheduler import Busy, Request, Scheduler
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    """The standard threading server with a listen backlog sized for bursts of clients.
+
+    The default backlog (5) makes the kernel reset connections when dozens of clients connect
+    at once, before any reaches the 429 logic; admission control is ours, not the socket's.
+    """
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class Server:
     """The model, its scheduler and the HTTP front end; `start()` serves in a thread."""
 
@@ -36,8 +47,7 @@ class Server:
         self.limits = Limits(model_name, cfg.max_prompt_tokens, cfg.max_new_tokens,
                              engine.max_len)  # fmt: skip
         self.scheduler = Scheduler(engine, cfg.max_concurrent, cfg.max_queue)
-        self.httpd = ThreadingHTTPServer((cfg.host, cfg.port), _handler_class(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((cfg.host, cfg.port), _handler_class(self))
         self._thread: threading.Thread | None = None
 
     @property

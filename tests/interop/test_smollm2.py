@@ -113,6 +113,5 @@ def test_generic_chat_path_uses_the_models_template(smol):
     _, _, tok, chat = smol
     ids = apply_chat(tok, QUESTION, add_generation_prompt=True)
     assert ids == chat.encode(tok, QUESTION, add_generation_prompt=True)
-    assert "<|im_start|>assistant" in tok.decode(ids)
     stop_ids, _ = chat_stops(tok)
     assert chat.stop_ids()[0] in stop_ids
