@@ -121,7 +121,8 @@ def timed(fn, steps: int) -> float:
 
 def main() -> None:
     a = parse_args()
-    from llm.train.metrics import flops_per_token, measure_peak_flops
+    from llm.model.accounting import train_flops_per_token
+    from llm.train.metrics import measure_peak_flops
 
     cfg = gpt2_config(a)
     rng = np.random.default_rng(0)
@@ -144,7 +145,7 @@ def main() -> None:
         peaks.append(measure_peak_flops("float32", repeats=2))
         for name, fn in runners.items():
             times[name].append(timed(fn, a.steps))
-    report(a, cfg, times, max(peaks), flops_per_token(cfg.model, L), threads)
+    report(a, cfg, times, max(peaks), train_flops_per_token(cfg.model, L), threads)
     if not a.no_profile:
         profile(runners["train step"], a.steps)
 

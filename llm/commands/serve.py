@@ -30,11 +30,8 @@ def serve_config(args: argparse.Namespace, config):
     """The run's (or given config's) serve section, with --host/--port applied."""
     import dataclasses
 
-    from llm.config.serve import ServeConfig
-
-    cfg = getattr(config, "serve", None) or ServeConfig()
     changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(config.serve, **changes)
 
 
 def run(args: argparse.Namespace) -> int:

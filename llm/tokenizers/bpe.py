@@ -19,19 +19,12 @@ from pathlib import Path
 
 from llm.tokenizers import bytelevel
 from llm.tokenizers.bpe_train import learn_bpe
-from llm.tokenizers.specials import (
-    BOS_NAMES,
-    DEFAULT_SPECIALS,
-    EOS_NAMES,
-    PAD_NAMES,
-    added_token,
-    find_special,
-)
+from llm.tokenizers.specials import DEFAULT_SPECIALS, VocabLookup, added_token, find_specials
 
 _CACHE_LIMIT = 200_000  # cached word encodings before the cache is cleared
 
 
-class BPETokenizer:
+class BPETokenizer(VocabLookup):
     """Byte-level BPE given its vocabulary (id -> token) and ordered merges."""
 
     def __init__(
@@ -51,21 +44,8 @@ class BPETokenizer:
         self.ranks = {pair: r for r, pair in enumerate(merges)}  # a repeated pair keeps its last
         self.special_tokens = list(special_tokens)
         self._special_ids = {self.tok_to_id[s] for s in self.special_tokens}
-        self._pad = find_special(self.tok_to_id, PAD_NAMES, "padding", where)
-        self._bos = find_special(self.tok_to_id, BOS_NAMES, "beginning-of-text", where)
-        self._eos = find_special(self.tok_to_id, EOS_NAMES, "end-of-text", where)
+        self._pad, self._bos, self._eos = find_specials(self.tok_to_id, where)
         self._cache: dict[str, list[int]] = {}
-
-    vocab_size = property(lambda self: len(self.vocab))
-    bos_id = property(lambda self: self._bos)
-    eos_id = property(lambda self: self._eos)
-    pad_id = property(lambda self: self._pad)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.tok_to_id.get(token)
-
-    def id_to_token(self, i: int) -> str:
-        return self.vocab[i]
 
     def _merge(self, word: str) -> list[str]:
         symbols = list(word)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llm.tokenizers.specials import BOS_NAMES, EOS_NAMES, PAD_NAMES, find_special
+from llm.tokenizers.specials import find_specials
 
 
 class HFTokenizer:
@@ -29,9 +29,7 @@ class HFTokenizer:
         self._tok.encode_special_tokens = True
         vocab = self._tok.get_vocab(with_added_tokens=True)
         where = str(self.path)
-        self._pad = find_special(vocab, PAD_NAMES, "padding", where)
-        self._bos = find_special(vocab, BOS_NAMES, "beginning-of-text", where)
-        self._eos = find_special(vocab, EOS_NAMES, "end-of-text", where)
+        self._pad, self._bos, self._eos = find_specials(vocab, where)
 
     vocab_size = property(lambda self: self._tok.get_vocab_size(with_added_tokens=True))
     bos_id = property(lambda self: self._bos)

@@ -62,3 +62,34 @@ def find_special(tok_to_id: Mapping[str, int], names: Sequence[str], what: str, 
         if name in tok_to_id:
             return tok_to_id[name]
     raise ValueError(f"{where}: no {what} token; looked for {', '.join(names)}")
+
+
+def find_specials(tok_to_id: Mapping[str, int], where: str) -> tuple[int, int, int]:
+    """(pad, bos, eos) ids of a vocabulary, each found by `find_special`."""
+    return (
+        find_special(tok_to_id, PAD_NAMES, "padding", where),
+        find_special(tok_to_id, BOS_NAMES, "beginning-of-text", where),
+        find_special(tok_to_id, EOS_NAMES, "end-of-text", where),
+    )
+
+
+class VocabLookup:
+    """The `Tokenizer` properties of a tokenizer that holds its own `vocab` list and
+    `tok_to_id` map, with `_pad`, `_bos`, `_eos` set from `find_specials`."""
+
+    vocab: list[str]
+    tok_to_id: dict[str, int]
+    _pad: int
+    _bos: int
+    _eos: int
+
+    vocab_size = property(lambda self: len(self.vocab))
+    bos_id = property(lambda self: self._bos)
+    eos_id = property(lambda self: self._eos)
+    pad_id = property(lambda self: self._pad)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tok_to_id.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self.vocab[i]

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from llm.tokenizers import bert_text
 from llm.tokenizers.bpe_train import LearnedBPE, learn_bpe
-from llm.tokenizers.specials import BOS_NAMES, EOS_NAMES, PAD_NAMES, added_token, find_special
+from llm.tokenizers.specials import VocabLookup, added_token, find_specials
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PREFIX = "##"
 MAX_WORD_CHARS = 100  # longer words are [UNK], as in BERT
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(VocabLookup):
     """Greedy longest-match-first WordPiece over BERT-normalized, BERT-split text."""
 
     def __init__(
@@ -48,21 +48,8 @@ class WordPieceTokenizer:
         self.unk_token, self.lowercase = unk_token, lowercase
         self.special_tokens = [s for s in special_tokens if s in self.tok_to_id]
         self._special_ids = {self.tok_to_id[s] for s in self.special_tokens}
-        self._pad = find_special(self.tok_to_id, PAD_NAMES, "padding", where)
-        self._bos = find_special(self.tok_to_id, BOS_NAMES, "beginning-of-text", where)
-        self._eos = find_special(self.tok_to_id, EOS_NAMES, "end-of-text", where)
+        self._pad, self._bos, self._eos = find_specials(self.tok_to_id, where)
         self._cache: dict[str, list[str]] = {}
-
-    vocab_size = property(lambda self: len(self.vocab))
-    bos_id = property(lambda self: self._bos)
-    eos_id = property(lambda self: self._eos)
-    pad_id = property(lambda self: self._pad)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.tok_to_id.get(token)
-
-    def id_to_token(self, i: int) -> str:
-        return self.vocab[i]
 
     def encode_word(self, word: str) -> list[str]:
         if len(word) > MAX_WORD_CHARS:

@@ -32,10 +32,11 @@ import numpy as np
 
 from llm.config import Config, save_config, to_dict
 from llm.data.device import to_device
+from llm.model.accounting import train_flops_per_token
 from llm.train.checkpoint import Checkpointer
 from llm.train.evaluate import evaluate
 from llm.train.losses import make_loss
-from llm.train.metrics import MetricsLogger, flops_per_token, measure_peak_flops
+from llm.train.metrics import MetricsLogger, measure_peak_flops
 from llm.train.optim import make_optimizer, make_schedule, param_paths
 from llm.train.state import TrainState
 from llm.train.step import make_train_step
@@ -292,7 +293,7 @@ def _profile(tr: Trainer, step: int, end: bool = False) -> None:
 def _run(tr: Trainer) -> dict[str, Any]:
     cfg, t = tr.cfg, tr.cfg.train
     rates = (
-        flops_per_token(cfg.model, t.seq_len),
+        train_flops_per_token(cfg.model, t.seq_len),
         t.peak_flops or measure_peak_flops(cfg.model.dtype),
     )
     log = (

@@ -30,13 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def flops_per_token(model_cfg: Any, seq_len: int) -> float:
-    """Training model FLOPs per token (forward + backward), as `llm.model.accounting` counts."""
-    from llm.model.accounting import train_flops_per_token
-
-    return train_flops_per_token(model_cfg, seq_len)
-
-
 def measure_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """Best observed FLOP/s of an n x n x n matmul on the default device (a practical peak)."""
     a = jnp.ones((n, n), dtype)
