@@ -11,7 +11,7 @@ RopeScaling = Literal["none", "linear", "llama3"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 Activation = Literal["relu", "gelu", "gelu_tanh", "swiglu", "geglu"]
-AttentionImpl = Literal["xla", "jax", "cudnn", "pallas", "auto"]
+AttentionImpl = Literal["xla", "xla_flash", "jax", "cudnn", "pallas", "auto"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -47,7 +47,7 @@ class ModelConfig:
     attn_logit_softcap: float | None = None  # cap * tanh(logits / cap) before softmax (Gemma-2)
     # xla: jnp reference; jax/cudnn: jax.nn.dot_product_attention;
     # pallas: llm/kernels (interpreted on CPU); auto: best available for the backend
-    attention_impl: AttentionImpl = "xla"
+    attention_impl: AttentionImpl = "auto"
     qkv_bias: bool = False  # bias on the query/key/value projections (GPT-2, Qwen2)
     out_bias: bool = False  # bias on the attention output projection (GPT-2)
     mlp_bias: bool = False  # biases in the MLP (GPT-2)
@@ -60,6 +60,7 @@ class ModelConfig:
     dtype: DType = "float32"  # computation dtype of activations and matmuls
     param_dtype: DType = "float32"  # storage dtype of the parameters
     remat: RematPolicy = "none"  # activation recomputation per block: none|full|dots|dots_no_batch
+    scan_layers: bool = True  # lax.scan over stacked blocks (compile O(1) in depth); false: unroll
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):

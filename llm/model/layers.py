@@ -16,10 +16,13 @@ Weights are stored in `param_dtype` and cast to the computation `dtype` where us
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm.model import norms
 from llm.typing import Array
 
 
@@ -41,7 +44,11 @@ class Linear(nnx.Module):
     """y = einsum(spec, x, w) [+ b]: a dense layer whose weight keeps its head structure.
 
     `spec` is an einsum such as "BLD,DNH->BLNH" so q/k/v/o projections keep (heads, head_dim)
-    as separate, separately shardable axes instead of a flattened matrix.
+    as separate, separately shardable axes instead of a flattened matrix. The contracted axes
+    must be the trailing axes of x and the leading axes of w, and the product runs as one 2-D
+    matmul over all leading axes ([B*L, D] @ [D, N*H]): XLA's CPU backend differentiates a
+    3-D einsum into weight gradients contracted over two axes at once, which it runs about 3x
+    slower than the same 2-D matmul (docs/LOG.md, "train step on CPU").
     """
 
     def __init__(
@@ -58,18 +65,36 @@ class Linear(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.spec, self.dtype = spec, dtype
+        self.n_in = _contracted_axes(spec)
         self.w = param(rngs, normal(std), shape, axes, param_dtype)
         self.b = param(rngs, zeros, bias_shape, bias_axes, param_dtype) if bias_shape else None
 
     def __call__(self, x: Array) -> Array:
-        y = jnp.einsum(self.spec, x.astype(self.dtype), self.w[...].astype(self.dtype))
+        w = self.w[...].astype(self.dtype)
+        lead, n_in = x.shape[: x.ndim - self.n_in], self.n_in
+        in_size, out_shape = math.prod(w.shape[:n_in]), w.shape[n_in:]
+        y = x.astype(self.dtype).reshape(-1, in_size) @ w.reshape(in_size, -1)
+        y = y.reshape(*lead, *out_shape)
         if self.b is not None:
             y = y + self.b[...].astype(self.dtype)
         return y
 
 
+def _contracted_axes(spec: str) -> int:
+    """How many axes `spec` contracts; checks they trail in x and lead in w, in order."""
+    inputs, out = spec.replace(" ", "").split("->")
+    x_axes, w_axes = inputs.split(",")
+    contracted = [a for a in x_axes if a in w_axes and a not in out]
+    n = len(contracted)
+    if not n or x_axes[-n:] != "".join(contracted) or w_axes[:n] != "".join(contracted):
+        raise ValueError(f"Linear {spec=}: contracted axes must trail in x and lead in w")
+    if out != x_axes[:-n] + w_axes[n:]:
+        raise ValueError(f"Linear {spec=}: output must be x's free axes then w's")
+    return n
+
+
 class LayerNorm(nnx.Module):
-    """LayerNorm (Ba et al., 2016, arXiv:1607.06450), statistics in float32."""
+    """LayerNorm (Ba et al., 2016, arXiv:1607.06450), statistics in float32 (`norms.py`)."""
 
     def __init__(self, dim: int, axis_name: str, *, eps: float, bias: bool, param_dtype, rngs):
         self.eps = eps
@@ -77,13 +102,8 @@ class LayerNorm(nnx.Module):
         self.bias = param(rngs, zeros, (dim,), (axis_name,), param_dtype) if bias else None
 
     def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32)
-        return y.astype(x.dtype)
+        bias = None if self.bias is None else self.bias[...]
+        return norms.layer_norm(x, self.scale[...], bias, self.eps)
 
 
 class RMSNorm(nnx.Module):
@@ -94,9 +114,7 @@ class RMSNorm(nnx.Module):
         self.scale = param(rngs, ones, (dim,), (axis_name,), param_dtype)
 
     def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
-        rms = jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
-        return (x32 * rms * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+        return norms.rms_norm(x, self.scale[...], self.eps)
 
 
 def make_norm(cfg, dim: int, axis_name: str, rngs: nnx.Rngs) -> LayerNorm | RMSNorm:

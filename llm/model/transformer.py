@@ -12,7 +12,9 @@ Design choices, each a config switch (see `ModelConfig`):
   (GPT-2, Radford et al., 2019) so the residual stream's variance does not grow with depth.
 * Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so compile
   time is independent of depth; each block can be rematerialised (Chen et al., 2016,
-  arXiv:1604.06174) with a policy from config.
+  arXiv:1604.06174) with a policy from config. `scan_layers: false` unrolls the same
+  stacked params into a Python loop: compile time grows with depth, but XLA no longer
+  stacks each layer's saved activations, which made small CPU train steps ~20% faster.
 """
 
 from __future__ import annotations
@@ -215,7 +217,13 @@ class Transformer(nnx.Module):
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        return jax.lax.scan(body, x_BLD, (stacked, keys_Y))
+        if self.cfg.scan_layers:
+            return jax.lax.scan(body, x_BLD, (stacked, keys_Y))
+        outs = []
+        for i in range(self.cfg.n_layers):
+            x_BLD, out = body(x_BLD, jax.tree.map(lambda a, i=i: a[i], (stacked, keys_Y)))
+            outs.append(out)
+        return x_BLD, (jnp.stack(outs) if collect else None)
 
 
 def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:

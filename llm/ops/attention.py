@@ -3,6 +3,9 @@
     attention(q_BLNH, k_BSKH, v_BSKH, ..., impl="xla" | "jax" | "cudnn" | "pallas" | "auto")
 
 * ``xla``    the plain jnp reference (`attention_xla.py`); supports every feature.
+* ``xla_flash`` flash attention's algorithm in plain XLA (`attention_xla_flash.py`): saves
+             the log-sum-exp instead of the probabilities and skips the causal upper
+             triangle; the fast path on CPU. Everything but attention dropout.
 * ``jax``    `jax.nn.dot_product_attention` with its XLA implementation.
 * ``cudnn``  `jax.nn.dot_product_attention(implementation="cudnn")`: GPU only.
 * ``pallas`` our flash-attention kernels (`llm/kernels/`): Triton on GPU, Mosaic on TPU. On CPU
@@ -14,7 +17,12 @@
 `decode_attention` is the same choice for a few new tokens against a KV cache.
 
 Masks come from positions and segment ids (see `masks.py`); a feature a backend lacks raises
-`ValueError` naming the feature and backend rather than being silently dropped.
+`ValueError` naming the feature and backend rather than being silently dropped. In causal
+self-attention (no key/value ids given and as many keys as queries: the keys are the
+queries' own tokens) a query also never sees a key at a later index, whatever the positions.
+For positions that increase within each document, as in every batch the data pipeline and
+the engine build, that changes nothing; it makes causality hold by construction and lets
+blocked backends skip the upper triangle. The Pallas kernels apply the position rule only.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from llm.ops import masks
 from llm.ops.attention_xla import attention_reference
 from llm.typing import Array
 
-IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas", "auto")
+IMPLEMENTATIONS = ("xla", "xla_flash", "jax", "cudnn", "pallas", "auto")
 
 
 def attention(
@@ -53,6 +61,8 @@ def attention(
     N, K = q_BLNH.shape[2], k_BSKH.shape[2]
     if N % K:
         raise ValueError(f"query heads {N=} must be a multiple of key/value heads {K=}")
+    self_attention = kv_segment_ids_BS is None and kv_positions_BS is None
+    self_attention &= k_BSKH.shape[1] == q_BLNH.shape[1]
     ids = _default_ids(
         q_BLNH, k_BSKH, q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS
     )
@@ -68,7 +78,7 @@ def attention(
     if impl == "pallas":
         _require(dropout_rate == 0.0, "attention dropout", impl)
         return _pallas(q_BLNH, k_BSKH, v_BSKH, ids, alibi_slopes_N, **features)
-    if impl not in ("xla", "jax", "cudnn"):
+    if impl not in ("xla", "xla_flash", "jax", "cudnn"):
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLEMENTATIONS}")
     return _dense(
         q_BLNH,
@@ -79,6 +89,7 @@ def attention(
         dropout_rate,
         dropout_key,
         impl=impl,
+        index_causal=causal and self_attention,
         **features,
     )
 
@@ -109,14 +120,17 @@ def _dense(
     *,
     impl,
     causal,
+    index_causal,
     sliding_window,
     softcap,
 ) -> Array:
-    """Backends that take a materialised [B, L, S] mask: the reference and jax.nn."""
+    """Backends that take a materialised [B, L, S] mask: the references and jax.nn."""
     q_seg, kv_seg, q_pos, kv_pos = ids
     mask_BLS = masks.attention_mask(
         q_seg, kv_seg, q_pos, kv_pos, causal=causal, sliding_window=sliding_window
     )
+    if index_causal:
+        mask_BLS &= masks.index_causal_mask(q_pos.shape[1])
     bias_BNLS = None
     if alibi_slopes_N is not None:
         bias_BNLS = masks.alibi_bias(alibi_slopes_N, q_pos, kv_pos)
@@ -131,8 +145,16 @@ def _dense(
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
         )
-    _require(softcap is None, "logit soft-capping", impl)
     _require(dropout_rate == 0.0, "attention dropout", impl)
+    if impl == "xla_flash":
+        from llm.ops.attention_xla_flash import causal_block_count, flash_attention_xla
+
+        blocks = causal_block_count(q_BLNH.shape[1]) if index_causal else 1
+        return flash_attention_xla(
+            q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS=bias_BNLS, softcap=softcap,
+            causal_blocks=blocks,
+        )  # fmt: skip
+    _require(softcap is None, "logit soft-capping", impl)
     return _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl)
 
 
@@ -144,7 +166,7 @@ def choose_impl(
     Dropout: only the reference has it. GPU and TPU: our Pallas kernels, which take positions
     and segment ids directly, skip masked blocks and keep memory linear in sequence length.
     (``cudnn`` stays selectable, but through `jax.nn.dot_product_attention` it needs the dense
-    [B, L, S] mask built here, quadratic in memory.) Anything else (CPU): the XLA reference,
+    [B, L, S] mask built here, quadratic in memory.) Anything else (CPU): ``xla_flash``,
     since Pallas would run in its slow interpreter there.
     """
     del dtype, head_dim, softcap  # every dtype, head dim and soft-cap is supported by pallas
@@ -152,7 +174,7 @@ def choose_impl(
         return "xla"
     if backend in ("gpu", "tpu"):
         return "pallas"
-    return "xla"
+    return "xla_flash"
 
 
 def _pallas(q_BLNH, k_BSKH, v_BSKH, ids, alibi_slopes_N, **features) -> Array:

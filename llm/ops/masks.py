@@ -42,6 +42,11 @@ def attention_mask(
     return mask_BLS
 
 
+def index_causal_mask(length: int) -> Array:
+    """mask_LL: True where the key's index is not after the query's (lower triangle)."""
+    return jnp.tril(jnp.ones((length, length), bool))
+
+
 def alibi_slopes(n_heads: int) -> Array:
     """Per-head ALiBi slopes (Press et al., 2022, arXiv:2108.12409), geometric in 2^(-8/n).
 

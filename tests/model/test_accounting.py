@@ -47,11 +47,13 @@ def test_non_embedding_count_gpt2_small():
 def test_forward_flops_agree_with_xla(kw):
     """XLA counts every op, we count matmuls and attention: XLA is 0-5% above us.
 
-    One layer, because XLA's cost analysis counts a while-loop (scan) body once.
+    Layers unrolled (`scan_layers=False`), because XLA's cost analysis counts a while-loop
+    (scan) body once; the reference attention, because it computes the dense square.
     """
     cfg = ModelConfig(
-        d_model=256, n_heads=8, d_ff=768, n_layers=1, vocab_size=1024, max_seq_len=128, **kw
-    )
+        d_model=256, n_heads=8, d_ff=768, n_layers=2, vocab_size=1024, max_seq_len=128,
+        scan_layers=False, attention_impl="xla", **kw,
+    )  # fmt: skip
     B, L = 2, 128
     lowered = jax.jit(lambda p, t: forward(cfg, p, t).logits_BLV).lower(
         abstract_params(cfg), jax.ShapeDtypeStruct((B, L), jnp.int32)

@@ -217,6 +217,23 @@ def test_remat_keeps_gradients_and_inserts_checkpoint(tokens_BL):
     )
 
 
+def test_unrolled_layers_equal_the_scan(tokens_BL):
+    """`scan_layers=False` runs the same stacked params in a Python loop: same loss, grads,
+    hidden states; and the jaxpr has no scan left."""
+    params = params_for(make_cfg())
+    ref_loss, ref_grads = loss_and_grads(make_cfg(), params, tokens_BL)
+    cfg = make_cfg(scan_layers=False)
+    value, grads = loss_and_grads(cfg, params, tokens_BL)
+    np.testing.assert_allclose(value, ref_loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    hidden = forward(cfg, params, tokens_BL, return_hidden_states=True).hidden_states
+    want = forward(make_cfg(), params, tokens_BL, return_hidden_states=True).hidden_states
+    np.testing.assert_allclose(hidden, want, rtol=1e-5, atol=1e-6)
+    jaxpr = jax.make_jaxpr(lambda p: forward(cfg, p, tokens_BL).logits_BLV)(params)
+    assert "scan" not in str(jaxpr)
+
+
 def test_param_dtype_and_dtype_are_separate(tokens_BL):
     cfg = make_cfg(param_dtype="bfloat16", dtype="float32")
     params = init_params(cfg, jax.random.key(0))

@@ -102,7 +102,8 @@ def test_pallas_impl_equals_xla_with_every_feature():
 
 def test_auto_choice_per_backend_and_feature():
     common = dict(head_dim=128, softcap=None, dropout_rate=0.0)
-    assert choose_impl("cpu", dtype=jnp.float32, **common) == "xla"
+    assert choose_impl("cpu", dtype=jnp.float32, **common) == "xla_flash"
+    assert choose_impl("cpu", dtype=jnp.float32, **{**common, "dropout_rate": 0.1}) == "xla"
     assert choose_impl("tpu", dtype=jnp.bfloat16, **common) == "pallas"
     assert choose_impl("gpu", dtype=jnp.bfloat16, **common) == "pallas"
     assert choose_impl("gpu", dtype=jnp.float32, **{**common, "softcap": 30.0}) == "pallas"
@@ -110,11 +111,11 @@ def test_auto_choice_per_backend_and_feature():
     assert choose_impl("gpu", dtype=jnp.bfloat16, **{**common, "dropout_rate": 0.1}) == "xla"
 
 
-def test_auto_on_cpu_runs_the_reference():
+def test_auto_on_cpu_runs_xla_flash():
     q, k, v = _qkv()
     np.testing.assert_array_equal(
         np.asarray(attention(q, k, v, impl="auto", softcap=3.0)),
-        np.asarray(attention(q, k, v, impl="xla", softcap=3.0)),
+        np.asarray(attention(q, k, v, impl="xla_flash", softcap=3.0)),
     )
 
 
