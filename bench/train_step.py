@@ -39,10 +39,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--steps", type=int, default=3, help="steps per timed round")
     p.add_argument("--no-profile", action="store_true", help="skip the op-time breakdown")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=["model.scan_layers=true", "model.scan_layers=true model.remat=dots_no_batch"],
+        help="extra train-step rows, each a space-separated set of config overrides",
+    )
     return p.parse_args()
 
 
-def gpt2_config(a: argparse.Namespace):
+def gpt2_config(a: argparse.Namespace, extra: tuple[str, ...] = ()):
+    """GPT-2-shaped config; layers unrolled (`scan_layers=false`: fastest on CPU at 4 layers)."""
     from llm.config import load_config
 
     return load_config(None, [
@@ -51,7 +58,7 @@ def gpt2_config(a: argparse.Namespace):
         f"model.max_seq_len={a.seq_len}",
         "model.activation=gelu_tanh", "model.qkv_bias=true", "model.out_bias=true",
         "model.mlp_bias=true", "model.tie_embeddings=true", f"train.batch_size={a.batch}",
-        f"train.seq_len={a.seq_len}", "optim.warmup_steps=0",
+        f"train.seq_len={a.seq_len}", "optim.warmup_steps=0", "model.scan_layers=false", *extra,
     ])  # fmt: skip
 
 
@@ -135,6 +142,9 @@ def main() -> None:
         "loss_mask": np.ones((a.batch, L), np.float32),
     }  # fmt: skip
     runners = jax_runners(cfg, batch)
+    for variant in a.variants:
+        variant_runners = jax_runners(gpt2_config(a, tuple(variant.split())), batch)
+        runners[f"train step [{variant}]"] = variant_runners["train step"]
     torch_step, threads = torch_runner(a, batch)
     runners["PyTorch GPT-2 train step"] = torch_step
     for fn in runners.values():  # compile / warm up
@@ -153,7 +163,7 @@ def main() -> None:
 # XLA:CPU thunk names -> what they are (ynn = YNNPACK matmul fusions; dot = plain XLA dots).
 CATEGORIES = [
     ("matmul (ynn_fusion / dot)", ("ynn_fusion", "dot")),
-    ("layout copies / transposes", ("copy", "transpose", "bitcast_fusion")),
+    ("copy/transpose-rooted fusions", ("copy", "transpose", "bitcast_fusion")),
     (
         "scan stacking (dynamic-slice / update)",
         ("dynamic-slice", "dynamic-update-slice", "bitcast_dynamic"),

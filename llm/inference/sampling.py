@@ -205,8 +205,15 @@ def row_keys(s: SamplerState) -> Array:
 def sample(logits_BV: Array, s: SamplerState) -> Array:
     """The next token of every row: argmax for greedy rows, a draw for the others."""
     l = processed_logits(logits_BV, s)
-    drawn_B = jax.vmap(jax.random.categorical)(row_keys(s), l)
-    return jnp.where(s.temperature_B > 0, drawn_B, jnp.argmax(l, -1)).astype(jnp.int32)
+    greedy_B = jnp.argmax(l, -1).astype(jnp.int32)
+    # Gumbel noise over the vocabulary costs a small model's step: draw only if a row samples
+    return jax.lax.cond(
+        jnp.any(s.temperature_B > 0),
+        lambda: jnp.where(
+            s.temperature_B > 0, jax.vmap(jax.random.categorical)(row_keys(s), l), greedy_B
+        ).astype(jnp.int32),
+        lambda: greedy_B,
+    )
 
 
 def record(s: SamplerState, tokens_B: Array, active_B: Array) -> SamplerState:

@@ -177,7 +177,12 @@ class Transformer(nnx.Module):
 
         layers_Y = jnp.arange(self.cfg.n_layers, dtype=jnp.int32)
         carry = (x_BLD, cache.k_YBSKH, cache.v_YBSKH)
-        (x_BLD, k_YBSKH, v_YBSKH), _ = jax.lax.scan(body, carry, (stacked, layers_Y))
+        if self.cfg.scan_layers:
+            (x_BLD, k_YBSKH, v_YBSKH), _ = jax.lax.scan(body, carry, (stacked, layers_Y))
+        else:
+            for i in range(self.cfg.n_layers):
+                carry, _ = body(carry, (jax.tree.map(lambda a, i=i: a[i], stacked), i))
+            x_BLD, k_YBSKH, v_YBSKH = carry
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
         new_cache = kv_cache.KVCache(k_YBSKH, v_YBSKH, kv_cache.advance(cache, segment_ids_BL))
