@@ -27,7 +27,7 @@ from llm.config import ModelConfig
 from llm.inference import sampling
 from llm.inference.sampling import SamplerState, SamplingParams
 from llm.inference.stream import TextStream
-from llm.model import forward, unembed
+from llm.model import forward, unembed, unstack_layers
 from llm.model.kv_cache import KVCache, init_cache
 from llm.tokenizers.base import Tokenizer
 from llm.typing import Array, PyTree
@@ -136,7 +136,8 @@ class Engine:
         *,
         max_len: int | None = None,
     ):
-        self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+        # the decode layout: per-layer weight buffers, so decode steps read them in place
+        self.cfg, self.params, self.tokenizer = cfg, unstack_layers(params), tokenizer
         self.max_len = max_len or cfg.max_seq_len
         if cfg.pos_encoding == "learned" and self.max_len > cfg.max_seq_len:
             raise ValueError(

@@ -6,6 +6,7 @@ from llm.model.functional import (
     init_params,
     logical_axes,
     unembed,
+    unstack_layers,
 )
 from llm.model.transformer import ModelOutput, Transformer
 
@@ -17,4 +18,5 @@ __all__ = [
     "init_params",
     "logical_axes",
     "unembed",
+    "unstack_layers",
 ]

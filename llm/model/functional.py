@@ -82,7 +82,7 @@ def forward(
             "forward with a KV cache derives positions from the cache and runs without "
             "dropout: pass neither positions_BL, dropout_key nor input_embeddings_BLD"
         )
-    model = nnx.merge(_abstract(cfg)[0], params)
+    model, layers = _merge(cfg, params)
     return model(
         inputs_BL,
         positions_BL=positions_BL,
@@ -92,9 +92,43 @@ def forward(
         return_hidden_states=return_hidden_states,
         input_embeddings_BLD=input_embeddings_BLD,
         cache=cache,
+        layers=layers,
     )
 
 
 def unembed(cfg: ModelConfig, params: PyTree, hidden_BLD: Array) -> Array:
     """Logits from final hidden states (the output layer alone), for chunked losses."""
-    return nnx.merge(_abstract(cfg)[0], params).logits(hidden_BLD)
+    return _merge(cfg, params)[0].logits(hidden_BLD)
+
+
+def unstack_layers(params: PyTree) -> PyTree:
+    """The decode layout: `params["blocks"]` as a tuple of per-layer trees.
+
+    Stacked block params are sliced per layer inside the compiled program, and XLA:CPU
+    copies each slice before its matmuls use it. Training amortises that over thousands of
+    tokens; a decode step reads every weight for one token per row, so the copies tripled
+    its memory traffic (docs/LOG.md). Slicing once, outside `jit`, leaves each layer's
+    weights a separate buffer the matmuls read in place. `forward` and `unembed` accept
+    either layout; this one costs a copy of the block weights when it is made.
+    """
+    blocks = params["blocks"]
+    if isinstance(blocks, tuple):
+        return params
+    n_layers = jax.tree.leaves(blocks)[0].shape[0]
+    layers = tuple(jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(n_layers))
+    return {**params, "blocks": layers}
+
+
+def _merge(cfg: ModelConfig, params: PyTree) -> tuple[Transformer, tuple | None]:
+    """The module with `params`, and the per-layer block params if in the decode layout.
+
+    In the decode layout the module is merged with layer 0's tree in place of the stacked
+    blocks (merging only assigns values, and one layer has the stacked Block's structure);
+    the model then reads every layer from the tuple it is given.
+    """
+    layers = params["blocks"] if isinstance(params["blocks"], tuple) else None
+    if layers is not None:
+        if len(layers) != cfg.n_layers:
+            raise ValueError(f"params hold {len(layers)} layers; the config has {cfg.n_layers}")
+        params = {**params, "blocks": layers[0]}
+    return nnx.merge(_abstract(cfg)[0], params), layers

@@ -128,8 +128,12 @@ class Transformer(nnx.Module):
         return_hidden_states: bool = False,
         input_embeddings_BLD: Array | None = None,
         cache: kv_cache.KVCache | None = None,
+        layers: tuple | None = None,
     ) -> ModelOutput:
         """`input_embeddings_BLD`, if given, replaces the token lookup (soft prompts, probes).
+
+        `layers`, if given, are the blocks' params one tree per layer (the decode layout of
+        `llm.model.unstack_layers`), used instead of the stacked ones.
 
         With a `cache`, the tokens continue each cached sequence (right-padded, segment id 0
         marks padding; positions follow from the cache lengths) and the output carries the
@@ -140,15 +144,16 @@ class Transformer(nnx.Module):
         if segment_ids_BL is None:
             segment_ids_BL = jnp.ones((B, L), jnp.int32)
         if cache is not None:
-            return self._cached(tokens_BL, segment_ids_BL, cache, return_logits)
+            return self._cached(tokens_BL, segment_ids_BL, cache, return_logits, layers)
         if positions_BL is None:
             positions_BL = default_positions(B, L)
         k_embed, k_blocks = split_key(dropout_key, 2)
         x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD)
         x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
         x_BLD, per_layer_YBLD = self._run_blocks(
-            x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states
-        )
+            x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states,
+            layers=layers,
+        )  # fmt: skip
         hidden_states = None
         if return_hidden_states:
             hidden_states = jnp.concatenate([x0_BLD[None], per_layer_YBLD])
@@ -159,7 +164,9 @@ class Transformer(nnx.Module):
             logits = constrain(logits, ("batch", "length", "vocab"))
         return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, hidden_states=hidden_states)
 
-    def _cached(self, tokens_BL, segment_ids_BL, cache, return_logits: bool) -> ModelOutput:
+    def _cached(
+        self, tokens_BL, segment_ids_BL, cache, return_logits: bool, layers=None
+    ) -> ModelOutput:
         """Forward of new tokens against a KV cache (deterministic: no dropout)."""
         positions_BL, kv_positions_BS, kv_segment_ids_BS = kv_cache.step_layout(
             cache, segment_ids_BL
@@ -177,11 +184,11 @@ class Transformer(nnx.Module):
 
         layers_Y = jnp.arange(self.cfg.n_layers, dtype=jnp.int32)
         carry = (x_BLD, cache.k_YBSKH, cache.v_YBSKH)
-        if self.cfg.scan_layers:
+        if layers is None and self.cfg.scan_layers:
             (x_BLD, k_YBSKH, v_YBSKH), _ = jax.lax.scan(body, carry, (stacked, layers_Y))
         else:
-            for i in range(self.cfg.n_layers):
-                carry, _ = body(carry, (jax.tree.map(lambda a, i=i: a[i], stacked), i))
+            for i, layer_state in enumerate(layers or _slices(stacked, self.cfg.n_layers)):
+                carry, _ = body(carry, (layer_state, i))
             x_BLD, k_YBSKH, v_YBSKH = carry
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
@@ -210,8 +217,9 @@ class Transformer(nnx.Module):
             )
         return jnp.einsum("BLD,DV->BLV", x_BLD.astype(dtype), self.lm_head[...].astype(dtype))
 
-    def _run_blocks(self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool):
-        """Scans the stacked blocks; returns the output and, if `collect`, every block's."""
+    def _run_blocks(self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, layers):
+        """Scans the stacked blocks (or loops over `layers`, the per-layer params, or over
+        slices of the stacked ones); returns the output and, if `collect`, every block's."""
         graphdef, stacked = nnx.split(self.blocks)
         keys_Y = None if key is None else jax.random.split(key, self.cfg.n_layers)
 
@@ -222,13 +230,19 @@ class Transformer(nnx.Module):
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        if self.cfg.scan_layers:
+        if layers is None and self.cfg.scan_layers:
             return jax.lax.scan(body, x_BLD, (stacked, keys_Y))
         outs = []
-        for i in range(self.cfg.n_layers):
-            x_BLD, out = body(x_BLD, jax.tree.map(lambda a, i=i: a[i], (stacked, keys_Y)))
+        layers = layers or _slices(stacked, self.cfg.n_layers)
+        for i, layer_state in enumerate(layers):
+            x_BLD, out = body(x_BLD, (layer_state, None if keys_Y is None else keys_Y[i]))
             outs.append(out)
         return x_BLD, (jnp.stack(outs) if collect else None)
+
+
+def _slices(stacked, n_layers: int) -> list:
+    """The per-layer trees of stacked block params."""
+    return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n_layers)]
 
 
 def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:

@@ -234,6 +234,27 @@ def test_unrolled_layers_equal_the_scan(tokens_BL):
     assert "scan" not in str(jaxpr)
 
 
+def test_decode_layout_equals_the_stacked_params(tokens_BL):
+    """`unstack_layers` params give the same logits, with and without a KV cache."""
+    from llm.model import unstack_layers
+    from llm.model.kv_cache import init_cache
+
+    cfg = make_cfg()
+    params = params_for(cfg)
+    per_layer = unstack_layers(params)
+    assert len(per_layer["blocks"]) == cfg.n_layers
+    assert unstack_layers(per_layer) is per_layer
+    np.testing.assert_allclose(
+        logits(cfg, per_layer, tokens_BL), logits(cfg, params, tokens_BL), rtol=1e-6, atol=1e-6
+    )
+    B = tokens_BL.shape[0]
+    cached = [forward(cfg, p, tokens_BL, cache=init_cache(cfg, B, 32)) for p in (params, per_layer)]
+    np.testing.assert_allclose(cached[1].logits_BLV, cached[0].logits_BLV, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cached[1].cache.k_YBSKH, cached[0].cache.k_YBSKH, atol=1e-6)
+    with pytest.raises(ValueError, match="params hold 1 layers; the config has"):
+        forward(cfg, {**per_layer, "blocks": per_layer["blocks"][:1]}, tokens_BL)
+
+
 def test_param_dtype_and_dtype_are_separate(tokens_BL):
     cfg = make_cfg(param_dtype="bfloat16", dtype="float32")
     params = init_params(cfg, jax.random.key(0))
