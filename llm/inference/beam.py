@@ -130,7 +130,7 @@ def beam_search(
 
 def _first_logprobs(engine: Engine, state: DecodeState, prompt) -> np.ndarray:
     """Log-probabilities after the prompt: recompute the last position against the cache."""
-    one = KVCache(state.cache.k_YBSKH[:, :1], state.cache.v_YBSKH[:, :1],
+    one = KVCache(state.cache.k_YBKSH[:, :1], state.cache.v_YBKSH[:, :1],
                   state.cache.lengths_B[:1] - 1)  # fmt: skip
     logprobs, _ = _advance(engine.cfg, engine.params, one, jnp.zeros((1,), jnp.int32),
                            jnp.asarray([prompt[-1]], jnp.int32))  # fmt: skip

@@ -114,8 +114,8 @@ def _insert(state: DecodeState, new: DecodeState, slots_b: Array) -> DecodeState
         return f
 
     cache = KVCache(
-        *(put(1)(b, s) for b, s in ((state.cache.k_YBSKH, new.cache.k_YBSKH),
-                                    (state.cache.v_YBSKH, new.cache.v_YBSKH))),
+        *(put(1)(b, s) for b, s in ((state.cache.k_YBKSH, new.cache.k_YBKSH),
+                                    (state.cache.v_YBKSH, new.cache.v_YBKSH))),
         put(0)(state.cache.lengths_B, new.cache.lengths_B),
     )  # fmt: skip
     return DecodeState(

@@ -29,8 +29,8 @@ class LayerCache:
     positions and segment ids are shared by every layer.
     """
 
-    k_YBSKH: Array
-    v_YBSKH: Array
+    k_YBKSH: Array
+    v_YBKSH: Array
     layer: Array
     kv_positions_BS: Array
     kv_segment_ids_BS: Array
@@ -117,11 +117,13 @@ class Attention(nnx.Module):
         slopes = masks.alibi_slopes(cfg.n_heads) if cfg.pos_encoding == "alibi" else None
         kv_ids = {}
         if cache is not None:
-            (k_all, k_BLKH), (v_all, v_BLKH) = (
+            (k_all, k_BKSH), (v_all, v_BKSH) = (
                 kv_cache.write_layer(c, cache.layer, new, positions_BL)
-                for c, new in ((cache.k_YBSKH, k_BLKH), (cache.v_YBSKH, v_BLKH))
+                for c, new in ((cache.k_YBKSH, k_BLKH), (cache.v_YBKSH, v_BLKH))
             )
-            cache = cache.replace(k_YBSKH=k_all, v_YBSKH=v_all)
+            # [B, S, K, H] views of the cache: the backends' transposes cancel them
+            k_BLKH, v_BLKH = k_BKSH.transpose(0, 2, 1, 3), v_BKSH.transpose(0, 2, 1, 3)
+            cache = cache.replace(k_YBKSH=k_all, v_YBKSH=v_all)
             segment_ids_BL = (segment_ids_BL != 0).astype(jnp.int32)
             kv_ids = dict(
                 kv_segment_ids_BS=cache.kv_segment_ids_BS, kv_positions_BS=cache.kv_positions_BS

@@ -2,9 +2,12 @@
 
 Layout: cache slot s of a sequence holds the keys/values of the token at position s, so
 `lengths_B[b]` valid entries sit in slots 0..lengths_B[b]-1 and everything above is garbage
-masked out by kv segment id 0. This is the layout the ragged decode kernel
-(`llm/kernels/decode_attention.py`) reads, and it makes rollback (speculative decoding) a
-matter of lowering `lengths_B`.
+masked out by kv segment id 0. That makes rollback (speculative decoding) a matter of
+lowering `lengths_B`. Arrays are [layers, batch, kv heads, slots, head dim] (`_YBKSH`): each
+(row, head) holds its slots contiguously, so a decode step multiplies every head's [S, H]
+block with its queries in place; with slots before heads XLA copied (transposed) the whole
+cache of every layer on every step, 16% of a batch-1 step (docs/LOG.md). The model hands
+attention a transposed view, [B, S, K, H], which XLA folds away.
 
 Keys are stored after RoPE, and only the K key/value heads (grouped-query attention keeps the
 cache N/K times smaller than the query heads would). Every layer has its own slice along a
@@ -28,28 +31,28 @@ from llm.typing import Array
 
 @struct.dataclass
 class KVCache:
-    """k_YBSKH / v_YBSKH: per-layer keys and values; lengths_B: valid slots per sequence."""
+    """k_YBKSH / v_YBKSH: per-layer keys and values; lengths_B: valid slots per sequence."""
 
-    k_YBSKH: Array
-    v_YBSKH: Array
+    k_YBKSH: Array
+    v_YBKSH: Array
     lengths_B: Array
 
     @property
     def max_len(self) -> int:
-        return self.k_YBSKH.shape[2]
+        return self.k_YBKSH.shape[3]
 
     @property
     def batch(self) -> int:
-        return self.k_YBSKH.shape[1]
+        return self.k_YBKSH.shape[1]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty cache for `batch` sequences of up to `max_len` tokens (in `cfg.dtype`)."""
-    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.head_size)
+    shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.head_size)
     dtype = jnp.dtype(dtype or cfg.dtype)
     return KVCache(
-        k_YBSKH=jnp.zeros(shape, dtype),
-        v_YBSKH=jnp.zeros(shape, dtype),
+        k_YBKSH=jnp.zeros(shape, dtype),
+        v_YBKSH=jnp.zeros(shape, dtype),
         lengths_B=jnp.zeros((batch,), jnp.int32),
     )
 
@@ -64,8 +67,8 @@ def logical_axes() -> KVCache:
     """Logical axis names of the cache arrays, for the same rules table as the params."""
     from jax.sharding import PartitionSpec as P
 
-    kv = P("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-    return KVCache(k_YBSKH=kv, v_YBSKH=kv, lengths_B=P("batch"))
+    kv = P("layers", "batch", "kv_heads", "cache_seq", "head_dim")
+    return KVCache(k_YBKSH=kv, v_YBKSH=kv, lengths_B=P("batch"))
 
 
 def step_layout(cache: KVCache, segment_ids_BL: Array) -> tuple[Array, Array, Array]:
@@ -89,28 +92,33 @@ def advance(cache: KVCache, segment_ids_BL: Array) -> Array:
 
 
 def write_layer(
-    kv_YBSKH: Array, layer: Array, new_BLKH: Array, positions_BL: Array
+    kv_YBKSH: Array, layer: Array, new_BLKH: Array, positions_BL: Array
 ) -> tuple[Array, Array]:
     """Stores one layer's new keys (or values) at slots positions_BL (slots past the end are
     dropped); returns (the stacked cache, that layer's updated slice).
 
-    The layer is sliced out, updated, and written back with a dynamic-update-slice (which
-    XLA can do in place on the scan carry). Scattering straight into the stacked array was
-    slower on CPU: 63 vs 52 ms per decode step of the bench/decode.py model, 256 slots.
+    Under the layer scan (a traced `layer`) the layer is sliced out, updated and written
+    back with a dynamic-update-slice, in place on the scan carry: scattering straight into
+    the stacked array was slower on CPU (63 vs 52 ms per decode step of the bench/decode.py
+    model, 256 slots). With a static layer (unrolled layers, `scan_layers=False` or the
+    engine's per-layer weights) the scatter into the stack is itself in place.
     """
-    B = kv_YBSKH.shape[1]
-    kv_BSKH = jax.lax.dynamic_index_in_dim(kv_YBSKH, layer, axis=0, keepdims=False)
+    B = kv_YBKSH.shape[1]
     rows_B1 = jnp.arange(B, dtype=jnp.int32)[:, None]
-    new = new_BLKH.astype(kv_YBSKH.dtype)
-    kv_BSKH = kv_BSKH.at[rows_B1, positions_BL].set(new, mode="drop")
-    return jax.lax.dynamic_update_index_in_dim(kv_YBSKH, kv_BSKH, layer, axis=0), kv_BSKH
+    new = new_BLKH.astype(kv_YBKSH.dtype)
+    if isinstance(layer, int):  # unrolled layers: scatter into the stack, in place
+        kv_YBKSH = kv_YBKSH.at[layer, rows_B1, :, positions_BL].set(new, mode="drop")
+        return kv_YBKSH, kv_YBKSH[layer]
+    kv_BKSH = jax.lax.dynamic_index_in_dim(kv_YBKSH, layer, axis=0, keepdims=False)
+    kv_BKSH = kv_BKSH.at[rows_B1, :, positions_BL].set(new, mode="drop")
+    return jax.lax.dynamic_update_index_in_dim(kv_YBKSH, kv_BKSH, layer, axis=0), kv_BKSH
 
 
 def select_rows(cache: KVCache, rows_B: Array) -> KVCache:
     """The cache of sequences `rows_B` (beam search reorders beams this way)."""
     return KVCache(
-        k_YBSKH=jnp.take(cache.k_YBSKH, rows_B, axis=1),
-        v_YBSKH=jnp.take(cache.v_YBSKH, rows_B, axis=1),
+        k_YBKSH=jnp.take(cache.k_YBKSH, rows_B, axis=1),
+        v_YBKSH=jnp.take(cache.v_YBKSH, rows_B, axis=1),
         lengths_B=jnp.take(cache.lengths_B, rows_B, axis=0),
     )
 
@@ -118,7 +126,7 @@ def select_rows(cache: KVCache, rows_B: Array) -> KVCache:
 def insert_row(cache: KVCache, row: Array, one: KVCache) -> KVCache:
     """`cache` with sequence `row` replaced by the single-sequence cache `one` (same max_len)."""
     return KVCache(
-        k_YBSKH=jax.lax.dynamic_update_slice_in_dim(cache.k_YBSKH, one.k_YBSKH, row, axis=1),
-        v_YBSKH=jax.lax.dynamic_update_slice_in_dim(cache.v_YBSKH, one.v_YBSKH, row, axis=1),
+        k_YBKSH=jax.lax.dynamic_update_slice_in_dim(cache.k_YBKSH, one.k_YBKSH, row, axis=1),
+        v_YBKSH=jax.lax.dynamic_update_slice_in_dim(cache.v_YBKSH, one.v_YBKSH, row, axis=1),
         lengths_B=jax.lax.dynamic_update_slice_in_dim(cache.lengths_B, one.lengths_B, row, 0),
     )

@@ -175,24 +175,24 @@ class Transformer(nnx.Module):
         graphdef, stacked = nnx.split(self.blocks)
 
         def body(carry, layer):
-            x_BLD, k_YBSKH, v_YBSKH = carry
+            x_BLD, k_YBKSH, v_YBKSH = carry
             layer_state, index = layer
-            view = LayerCache(k_YBSKH, v_YBSKH, index, kv_positions_BS, kv_segment_ids_BS)
+            view = LayerCache(k_YBKSH, v_YBKSH, index, kv_positions_BS, kv_segment_ids_BS)
             block = nnx.merge(graphdef, layer_state)
             x_BLD, view = block(x_BLD, positions_BL, segment_ids_BL, None, view)
-            return (x_BLD, view.k_YBSKH, view.v_YBSKH), None
+            return (x_BLD, view.k_YBKSH, view.v_YBKSH), None
 
         layers_Y = jnp.arange(self.cfg.n_layers, dtype=jnp.int32)
-        carry = (x_BLD, cache.k_YBSKH, cache.v_YBSKH)
+        carry = (x_BLD, cache.k_YBKSH, cache.v_YBKSH)
         if layers is None and self.cfg.scan_layers:
-            (x_BLD, k_YBSKH, v_YBSKH), _ = jax.lax.scan(body, carry, (stacked, layers_Y))
+            (x_BLD, k_YBKSH, v_YBKSH), _ = jax.lax.scan(body, carry, (stacked, layers_Y))
         else:
             for i, layer_state in enumerate(layers or _slices(stacked, self.cfg.n_layers)):
                 carry, _ = body(carry, (layer_state, i))
-            x_BLD, k_YBSKH, v_YBSKH = carry
+            x_BLD, k_YBKSH, v_YBKSH = carry
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
-        new_cache = kv_cache.KVCache(k_YBSKH, v_YBSKH, kv_cache.advance(cache, segment_ids_BL))
+        new_cache = kv_cache.KVCache(k_YBKSH, v_YBKSH, kv_cache.advance(cache, segment_ids_BL))
         logits = self.logits(x_BLD) if return_logits else None
         return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, cache=new_cache)
 

@@ -250,7 +250,7 @@ def test_decode_layout_equals_the_stacked_params(tokens_BL):
     B = tokens_BL.shape[0]
     cached = [forward(cfg, p, tokens_BL, cache=init_cache(cfg, B, 32)) for p in (params, per_layer)]
     np.testing.assert_allclose(cached[1].logits_BLV, cached[0].logits_BLV, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(cached[1].cache.k_YBSKH, cached[0].cache.k_YBSKH, atol=1e-6)
+    np.testing.assert_allclose(cached[1].cache.k_YBKSH, cached[0].cache.k_YBKSH, atol=1e-6)
     with pytest.raises(ValueError, match="params hold 1 layers; the config has"):
         forward(cfg, {**per_layer, "blocks": per_layer["blocks"][:1]}, tokens_BL)
 

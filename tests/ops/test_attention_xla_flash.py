@@ -69,6 +69,24 @@ def test_equals_reference_with_bias_windows_padding_and_gqa(blocks, softcap):
     _assert_close(got, want, names)
 
 
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_few_queries_path_equals_reference(softcap):
+    """3 queries x 2 per kv head <= FEW_QUERIES: the transposed-logits forward (decoding)."""
+    q, k, v = _qkv(L=3, S=20, seed=2)
+    pos_q = jnp.broadcast_to(jnp.arange(14, 17), (2, 3))
+    mask = masks.attention_mask(SEG[:, 14:17], SEG, pos_q, POS, sliding_window=9)
+    bias = masks.alibi_bias(masks.alibi_slopes(4), pos_q, POS)
+
+    def ours(q, k, v, bias):
+        return flash_attention_xla(q, k, v, mask, bias_BNLS=bias, softcap=softcap)
+
+    def reference(q, k, v, bias):
+        return attention_reference(q, k, v, mask, bias_BNLS=bias, softcap=softcap)
+
+    got, want = (_out_and_grads(f, q, k, v, bias) for f in (ours, reference))
+    _assert_close(got, want, ("out", "dq", "dk", "dv", "dbias"))
+
+
 def test_rows_that_see_nothing_are_zero_with_zero_gradients():
     q, k, v = _qkv()
     mask = masks.attention_mask(SEG, SEG, POS, POS) & masks.index_causal_mask(20)
