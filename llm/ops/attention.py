@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from llm.ops import masks
 from llm.ops.attention_xla import attention_reference
+from llm.ops.attention_xla_flash import causal_block_count, flash_attention_xla
 from llm.typing import Array
 
 IMPLEMENTATIONS = ("xla", "xla_flash", "jax", "cudnn", "pallas", "auto")
@@ -147,8 +148,6 @@ def _dense(
         )
     _require(dropout_rate == 0.0, "attention dropout", impl)
     if impl == "xla_flash":
-        from llm.ops.attention_xla_flash import causal_block_count, flash_attention_xla
-
         blocks = causal_block_count(q_BLNH.shape[1]) if index_causal else 1
         return flash_attention_xla(
             q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS=bias_BNLS, softcap=softcap,
