@@ -57,7 +57,7 @@ CUE_CHARS = 8  # the third copy of the passage starts with this many characters
 
 
 def random_target(max_len: int):
-    """A 25M-parameter byte-level model with random weights (config, params, tokenizer)."""
+    """A 34M-parameter byte-level model with random weights (config, params, tokenizer)."""
     cfg = ModelConfig(vocab_size=259, d_model=512, n_layers=8, n_heads=8, n_kv_heads=8,
                       d_ff=2048, max_seq_len=max_len, pos_encoding="rope", norm="rmsnorm",
                       activation="swiglu")  # fmt: skip

@@ -182,14 +182,8 @@ class Transformer(nnx.Module):
             x_BLD, view = block(x_BLD, positions_BL, segment_ids_BL, None, view)
             return (x_BLD, view.k_YBKSH, view.v_YBKSH), None
 
-        layers_Y = jnp.arange(self.cfg.n_layers, dtype=jnp.int32)
         carry = (x_BLD, cache.k_YBKSH, cache.v_YBKSH)
-        if layers is None and self.cfg.scan_layers:
-            (x_BLD, k_YBKSH, v_YBKSH), _ = jax.lax.scan(body, carry, (stacked, layers_Y))
-        else:
-            for i, layer_state in enumerate(layers or _slices(stacked, self.cfg.n_layers)):
-                carry, _ = body(carry, (layer_state, i))
-            x_BLD, k_YBKSH, v_YBKSH = carry
+        (x_BLD, k_YBKSH, v_YBKSH), _ = self._over_layers(body, carry, stacked, layers)
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
         new_cache = kv_cache.KVCache(k_YBKSH, v_YBKSH, kv_cache.advance(cache, segment_ids_BL))
@@ -224,20 +218,28 @@ class Transformer(nnx.Module):
         keys_Y = None if key is None else jax.random.split(key, self.cfg.n_layers)
 
         def body(x_BLD, layer):
-            layer_state, layer_key = layer
+            layer_state, index = layer
+            layer_key = None if keys_Y is None else keys_Y[index]
             y_BLD = nnx.merge(graphdef, layer_state)(x_BLD, positions_BL, segment_ids_BL, layer_key)
             return y_BLD, (y_BLD if collect else None)
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+        return self._over_layers(body, x_BLD, stacked, layers)
+
+    def _over_layers(self, body, carry, stacked, layers):
+        """`body(carry, (layer params, layer index))` over the layers: a `lax.scan` over the
+        stacked params, or, with `scan_layers=False` or per-layer `layers` given, a Python
+        loop (the index is then a Python int, so indexing with it is static). Returns the
+        final carry and the per-layer outputs stacked (None if the body returns None)."""
+        n = self.cfg.n_layers
         if layers is None and self.cfg.scan_layers:
-            return jax.lax.scan(body, x_BLD, (stacked, keys_Y))
+            return jax.lax.scan(body, carry, (stacked, jnp.arange(n, dtype=jnp.int32)))
         outs = []
-        layers = layers or _slices(stacked, self.cfg.n_layers)
-        for i, layer_state in enumerate(layers):
-            x_BLD, out = body(x_BLD, (layer_state, None if keys_Y is None else keys_Y[i]))
+        for i, layer_state in enumerate(layers or _slices(stacked, n)):
+            carry, out = body(carry, (layer_state, i))
             outs.append(out)
-        return x_BLD, (jnp.stack(outs) if collect else None)
+        return carry, (None if outs[0] is None else jnp.stack(outs))
 
 
 def _slices(stacked, n_layers: int) -> list:

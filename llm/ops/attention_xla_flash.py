@@ -81,12 +81,27 @@ def _block(q_BKGLH, k_BKSH, v_BKSH, mask_BLS, bias_BKGLS, span):
     return q_BKGLH[..., r0:r1, :], k_BKSH[keys], v_BKSH[keys], mask_BLS[:, r0:r1, :s1], bias
 
 
+FEW_QUERIES = 8  # up to this many query rows per kv head: logits computed as K q'
+
+
 def _logits(q_BKGLH, k_BKSH, mask_BLS, bias_BKGLS, softcap):
-    """Masked float32 logits, and tanh of the capped logits (for the backward) if capping."""
+    """Masked float32 logits, and tanh of the capped logits (for the backward) if capping.
+
+    For a few queries (decoding) the product runs as K q' and the small [S, G*L] result is
+    transposed: XLA:CPU copies a matmul's big operand transposed when it is contracted on
+    its last axis as the right operand, which for q K' is the whole cache of every layer on
+    every step; as the left operand of K q' it is read in place.
+    """
     H = q_BKGLH.shape[-1]
-    s_BKGLS = jnp.einsum(
-        "BKGLH,BKSH->BKGLS", q_BKGLH, k_BKSH, preferred_element_type=jnp.float32
-    ) * (H**-0.5)
+    if q_BKGLH.shape[2] * q_BKGLH.shape[3] <= FEW_QUERIES:
+        s_BKSGL = jnp.einsum(
+            "BKSH,BKGLH->BKSGL", k_BKSH, q_BKGLH, preferred_element_type=jnp.float32
+        )
+        s_BKGLS = s_BKSGL.transpose(0, 1, 3, 4, 2) * (H**-0.5)
+    else:
+        s_BKGLS = jnp.einsum(
+            "BKGLH,BKSH->BKGLS", q_BKGLH, k_BKSH, preferred_element_type=jnp.float32
+        ) * (H**-0.5)
     tanh_BKGLS = None
     if softcap is not None:
         tanh_BKGLS = jnp.tanh(s_BKGLS / softcap)
@@ -96,41 +111,7 @@ def _logits(q_BKGLH, k_BKSH, mask_BLS, bias_BKGLS, softcap):
     return jnp.where(mask_BLS[:, None, None], s_BKGLS, NEG_INF), tanh_BKGLS
 
 
-FEW_QUERIES = 8  # up to this many query rows per kv head: logits computed transposed
-
-
-def _forward_few_queries(q_BKGLH, k_BKSH, v_BKSH, mask_BLS, bias_BKGLS, softcap):
-    """`_forward_block` for decoding: logits as K q' ([S, G*L] per head) instead of q K'.
-
-    XLA:CPU runs a matmul whose big operand is contracted on its last axis by copying it
-    transposed first; for a decode step that is the whole cache of every layer. Here the
-    cache blocks ([S, H] per head) are the left operand of K q' and the right operand of
-    P' V, so neither is copied; only the small [S, G*L] logits are transposed.
-    """
-    H = q_BKGLH.shape[-1]
-    s_BKSGL = jnp.einsum(
-        "BKSH,BKGLH->BKSGL", k_BKSH, q_BKGLH, preferred_element_type=jnp.float32
-    ) * (H**-0.5)
-    if softcap is not None:
-        s_BKSGL = softcap * jnp.tanh(s_BKSGL / softcap)
-    if bias_BKGLS is not None:
-        s_BKSGL = s_BKSGL + bias_BKGLS.transpose(0, 1, 4, 2, 3)
-    mask_B1S1L = mask_BLS.transpose(0, 2, 1)[:, None, :, None, :]
-    s_BKSGL = jnp.where(mask_B1S1L, s_BKSGL, NEG_INF)
-    m_BK1GL = jnp.max(s_BKSGL, axis=2, keepdims=True)
-    p_BKSGL = jnp.exp(s_BKSGL - m_BK1GL)
-    l_BKGL1 = jnp.sum(p_BKSGL, axis=2)[..., None]
-    out_BKGLH = jnp.einsum("BKSGL,BKSH->BKGLH", p_BKSGL.astype(v_BKSH.dtype), v_BKSH)
-    visible_B11L1 = mask_BLS.any(-1)[:, None, None, :, None]
-    out_BKGLH = jnp.where(visible_B11L1, out_BKGLH / l_BKGL1, 0).astype(q_BKGLH.dtype)
-    m_BKGL1 = m_BK1GL[:, :, 0, :, :, None]
-    lse_BKGL1 = jnp.where(visible_B11L1, m_BKGL1 + jnp.log(l_BKGL1), jnp.inf)
-    return out_BKGLH, lse_BKGL1
-
-
 def _forward_block(q_BKGLH, k_BKSH, v_BKSH, mask_BLS, bias_BKGLS, softcap):
-    if q_BKGLH.shape[2] * q_BKGLH.shape[3] <= FEW_QUERIES:
-        return _forward_few_queries(q_BKGLH, k_BKSH, v_BKSH, mask_BLS, bias_BKGLS, softcap)
     s_BKGLS, _ = _logits(q_BKGLH, k_BKSH, mask_BLS, bias_BKGLS, softcap)
     visible_B11L1 = mask_BLS.any(-1)[:, None, None, :, None]
     m_BKGL1 = jnp.max(s_BKGLS, axis=-1, keepdims=True)
