@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from llm.train.losses import Batch, LossFn, LossOutput
+from llm.train.optim import leaf_sumsq
 from llm.train.state import TrainState, dropout_key
 from llm.typing import Array, PyTree
 
@@ -75,8 +76,32 @@ def _is_spike(state: TrainState, loss: Array, gnorm: Array, k: float) -> Array:
     return full & jnp.any(jnp.stack([loss, gnorm]) > limit_2)
 
 
-def _select(ok: Array, new: PyTree, old: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+def _update_unless_bad(
+    tx: optax.GradientTransformation,
+    ok: Array,
+    grads: PyTree,
+    inv: Array,
+    params: PyTree,
+    opt_state: Any,
+) -> tuple[PyTree, Any]:
+    """(params, opt_state) after the update with gradients `grads * inv` if `ok`, else
+    unchanged. The scaling happens inside the branch so that it fuses into the update.
+
+    A `lax.cond`, not a select of new against old: selecting keeps the old moments alive
+    while the new ones are written over them, so XLA copies every moment first; on CPU that
+    more than doubled the update's time (docs/LOG.md). The cond's false branch returns its
+    operands, which with the donated state costs nothing.
+    """
+
+    def update(operands: tuple[PyTree, Array, PyTree, Any]) -> tuple[PyTree, Any]:
+        g, scale, p, o = operands
+        updates, new_o = tx.update(jax.tree.map(lambda x: x * scale, g), o, p)
+        return optax.apply_updates(p, updates), new_o
+
+    def keep(operands: tuple[PyTree, Array, PyTree, Any]) -> tuple[PyTree, Any]:
+        return operands[2], operands[3]
+
+    return jax.lax.cond(ok, update, keep, (grads, inv, params, opt_state))
 
 
 def _next_loss_scale(cfg: Any, state: TrainState, grads_ok: Array) -> tuple[Array, Array]:
@@ -103,22 +128,28 @@ def train_step(
         loss_fn, state.params, batch, state, cfg.train.grad_accum, scale
     )
     weight = jnp.maximum(out.weight, 1.0)
-    grads = jax.tree.map(lambda g: (g / (scale * weight)).astype(jnp.float32), grads)
+    # the mean's gradients are grads * inv: a multiply by one scalar (not a divide), which
+    # XLA folds into each consumer (the norms' reductions, the optimiser's update fusions)
+    # instead of writing out divided gradients first
+    inv = 1.0 / (scale * weight)
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
     loss = out.total / weight
-    gnorm = optax.tree.norm(grads)
+    # one reduction pass gives both the norm and which leaves hold a NaN/Inf: a leaf's sum of
+    # squares is finite iff all its entries are (or, harmlessly, they square past 3e38)
+    sumsq = leaf_sumsq(jax.tree.map(lambda g: g * inv, grads))
+    gnorm = jnp.sqrt(sum(jax.tree.leaves(sumsq)))
     grads_ok = jnp.isfinite(gnorm)
     finite = jnp.isfinite(loss) & (grads_ok | fp16)
     spike = _is_spike(state, loss, gnorm, cfg.train.spike_k) if cfg.train.spike_skip else False
     ok = jnp.isfinite(loss) & grads_ok & ~spike
 
-    updates, new_opt = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
+    new_params, new_opt = _update_unless_bad(tx, ok, grads, inv, state.params, state.opt_state)
     hist = jnp.concatenate([state.spike_hist_W2[1:], jnp.stack([loss, gnorm])[None]])
     loss_scale, good = _next_loss_scale(cfg, state, grads_ok) if fp16 else (scale, state.good_steps)
     new_state = TrainState(
         step=state.step + 1,
-        params=_select(ok, new_params, state.params),
-        opt_state=_select(ok, new_opt, state.opt_state),
+        params=new_params,
+        opt_state=new_opt,
         rng=state.rng,
         loss_scale=loss_scale,
         good_steps=good,
@@ -135,7 +166,7 @@ def train_step(
         "finite": finite,
         "skipped": new_state.skipped,
         "loss_scale": scale,
-        "grad_finite": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads),
+        "grad_finite": jax.tree.map(jnp.isfinite, sumsq),
         **{k: v / weight for k, v in out.metrics.items()},
     }
     return new_state, metrics

@@ -3,11 +3,18 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from llm.config import ModelConfig, OptimConfig
 from llm.model import init_params, logical_axes
-from llm.train.optim import decay_mask, make_optimizer, make_schedule, muon_dimensions
+from llm.train.optim import (
+    clip_by_global_norm,
+    decay_mask,
+    make_optimizer,
+    make_schedule,
+    muon_dimensions,
+)
 
 MODEL = ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=32)
 
@@ -78,3 +85,20 @@ def test_muon_targets_hidden_matrices_only(params):
     assert dims["blocks"]["attn"]["q"]["w"].reduction_axis == 1
     assert dims["blocks"]["attn"]["o"]["w"].output_axis == 3
     assert dims["token_embed"] is None and dims["blocks"]["attn_norm"]["scale"] is None
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping on, and off (norm below max)
+def test_clip_by_global_norm_matches_optax(params, max_norm):
+    grads = jax.grad(_loss)(params)
+    norm = float(optax.tree.norm(grads))
+    assert 1e-3 < norm < 1e3  # so the two cases really are above and below the threshold
+    ours, state = clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    ref, ref_state = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    assert state == ref_state  # same (empty) state: checkpoints keep their structure
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        if max_norm > norm:
+            np.testing.assert_array_equal(a, b)  # below the threshold: untouched, bit for bit
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    if max_norm < norm:
+        np.testing.assert_allclose(float(optax.tree.norm(ours)), max_norm, rtol=1e-6)

@@ -132,10 +132,11 @@ def test_spike_is_skipped_and_counted():
     noise = dict(next(batches))
     rng = np.random.default_rng(0)
     noise["targets"] = rng.integers(0, 256, noise["targets"].shape).astype(np.int32)
-    before = _copy(state.params)
+    before = _copy(state.params), _copy(state.opt_state)
     state, m = step(state, noise)
     assert int(m["skipped"]) == 1 and bool(m["finite"])
-    _assert_trees_equal(state.params, before)
+    _assert_trees_equal(state.params, before[0])
+    _assert_trees_equal(state.opt_state, before[1])  # the moments and count are kept too
 
 
 @pytest.mark.slow  # float16 on CPU is emulated: ~20 s to compile and run
