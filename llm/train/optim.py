@@ -159,8 +159,8 @@ def make_optimizer(
 
 
 def leaf_sumsq(tree: PyTree) -> PyTree:
-    """Per-leaf sums of squares in float32; the train step's norm and finiteness checks and
-    the clipping below share this exact computation, so XLA computes it once (CSE)."""
+    """Per-leaf sums of squares in float32: the global norm's parts (the train step reads
+    which leaves hold a NaN/Inf off them too)."""
     return jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), tree)
 
 
