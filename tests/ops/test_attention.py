@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_inputs import random_qkv
 
 from llm.kernels import flash_attention_tpu
 from llm.kernels.flash_common import BlockSizes
@@ -24,12 +25,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _qkv(B=2, L=12, S=12, N=4, K=2, H=8, seed=0):
-    ks = jax.random.split(jax.random.key(seed), 3)
-    return (
-        jax.random.normal(ks[0], (B, L, N, H)),
-        jax.random.normal(ks[1], (B, S, K, H)),
-        jax.random.normal(ks[2], (B, S, K, H)),
-    )
+    return random_qkv(B=B, L=L, S=S, N=N, K=K, H=H, seed=seed)
 
 
 def _loop_attention(q, k, v, seg, pos, slopes, softcap, window):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_inputs import random_qkv
 
 from llm.ops import masks
 from llm.ops.attention import attention
@@ -24,12 +25,7 @@ POS = jnp.array([list(range(9)) + list(range(8)) + [0] * 3, list(range(20))], jn
 
 
 def _qkv(B=2, L=20, S=20, N=4, K=2, H=8, seed=0):
-    ks = jax.random.split(jax.random.key(seed), 3)
-    return (
-        jax.random.normal(ks[0], (B, L, N, H)),
-        jax.random.normal(ks[1], (B, S, K, H)),
-        jax.random.normal(ks[2], (B, S, K, H)),
-    )
+    return random_qkv(B=B, L=L, S=S, N=N, K=K, H=H, seed=seed)
 
 
 def _out_and_grads(fn, *args):
