@@ -29,15 +29,14 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import jax
 
 from llm.config import load_config
-from llm.model import logical_axes
-from llm.model.functional import abstract_params
 from llm.sharding.constraints import with_activation_sharding
-from llm.sharding.init import abstract_state, make_plan
-from llm.sharding.memory import plan as memory_plan
+from llm.sharding.init import batch_shardings, make_plan
 from llm.sharding.mesh import make_mesh
+from llm.train.build import memory_plan, state_layout
 from llm.train.losses import make_loss
-from llm.train.optim import make_optimizer, make_schedule
+from llm.train.optim import make_schedule
 from llm.train.step import make_train_step
+from llm.train.trainable import Trainable
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 PRESET_MESHES = {
@@ -51,22 +50,20 @@ PRESET_MESHES = {
 def compile_step(cfg, devices):
     """The train step compiled for `cfg.mesh` on `devices`, from abstract inputs only."""
     plan = make_plan(cfg, make_mesh(cfg.mesh, devices))
-    tx = make_optimizer(
-        cfg.optim, cfg.train.steps, abstract_params(cfg.model), logical_axes(cfg.model)
-    )
-    state = abstract_state(cfg, plan, tx)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
+    layout = state_layout(cfg, plan, Trainable())
+    loss = make_loss(cfg)
+    put = batch_shardings(plan, loss.batch_axes)
     step = make_train_step(
         cfg,
-        with_activation_sharding(make_loss(cfg), plan.mesh, plan.rules),
-        tx,
+        with_activation_sharding(loss, plan.mesh, plan.rules),
+        layout.tx,
         make_schedule(cfg.optim, cfg.train.steps),
-        state_shardings=shardings,
-        batch_sharding=plan.batch,
+        state_shardings=layout.shardings,
+        batch_sharding=put,
     )
     B, L = cfg.train.batch_size, cfg.train.seq_len
     batch = {
-        k: jax.ShapeDtypeStruct((B, L), dt, sharding=plan.batch)
+        k: jax.ShapeDtypeStruct((B, L), dt, sharding=put[k])
         for k, dt in [
             ("inputs", "int32"),
             ("targets", "int32"),
@@ -75,7 +72,7 @@ def compile_step(cfg, devices):
             ("loss_mask", "float32"),
         ]
     }
-    return step.lower(state, batch).compile()
+    return step.lower(layout.abstract_sharded(), batch).compile()
 
 
 def count_collectives(hlo: str) -> dict[str, int]:

@@ -65,10 +65,10 @@ def random_target(max_len: int):
 
 
 def trained_target(run_dir: str):
-    from llm.train.evaluate import load_run
+    from llm.checkpoint import load_model
 
-    cfg, params, tokenizer, _ = load_run(run_dir)
-    return cfg.model, params, tokenizer
+    model = load_model(run_dir)
+    return model.config.model, model.params, model.tokenizer
 
 
 def truncated(cfg: ModelConfig, params, n_layers: int, max_len: int) -> Engine:

@@ -69,14 +69,15 @@ def jax_runners(cfg, batch):
     from llm.train.optim import make_optimizer, make_schedule
     from llm.train.state import init_state
     from llm.train.step import make_train_step
+    from llm.train.trainable import MODEL
 
-    params = init_params(cfg.model, jax.random.key(0))
-    tx = make_optimizer(cfg.optim, 1000, params, logical_axes(cfg.model))
+    params = {MODEL: init_params(cfg.model, jax.random.key(0))}
+    tx = make_optimizer(cfg.optim, 1000, params, {MODEL: logical_axes(cfg.model)})
     holder = {"state": init_state(jax.tree.map(lambda x: x.copy(), params), tx, seed=0)}
     step = make_train_step(cfg, make_loss(cfg), tx, make_schedule(cfg.optim, 1000))
     loss_fn = make_loss(cfg)
-    fwd = jax.jit(lambda p, b: forward(cfg.model, p, b["inputs"]).logits_BLV)
-    fwd_bwd = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, None).total))
+    fwd = jax.jit(lambda p, b: forward(cfg.model, p[MODEL], b["inputs"]).logits_BLV)
+    fwd_bwd = jax.jit(jax.grad(lambda p, b: loss_fn(p, {}, b, None).total))
     dev = jax.device_put(batch)
 
     def run_step():

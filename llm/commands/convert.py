@@ -8,7 +8,8 @@ llm convert to-hf RUN_DIR OUT_DIR         imported model or training run -> HF d
 from __future__ import annotations
 
 import argparse
-import sys
+
+from llm.cli_args import model_dir_errors
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -30,22 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm.interop import UnsupportedConfig
+    """Bad input (UnsupportedConfig, a missing file, an existing OUT_DIR) is reported by
+    llm.cli as one line with exit status 2."""
+    if args.direction == "from-hf":
+        from llm.interop import import_hf
 
-    try:
-        if args.direction == "from-hf":
-            from llm.interop import import_hf
-
+        with model_dir_errors(args.source):
             cfg = import_hf(args.source, args.out_dir, param_dtype=args.dtype)
-        elif args.direction == "from-gguf":
-            from llm.interop import import_gguf
+    elif args.direction == "from-gguf":
+        from llm.interop import import_gguf
 
-            cfg = import_gguf(args.source, args.out_dir, param_dtype=args.dtype)
-        else:
-            return _to_hf(args.source, args.out_dir)
-    except (UnsupportedConfig, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        cfg = import_gguf(args.source, args.out_dir, param_dtype=args.dtype)
+    else:
+        return _to_hf(args.source, args.out_dir)
     m = cfg.model
     print(
         f"wrote {args.out_dir}: {m.n_layers} layers, d_model {m.d_model}, "
@@ -55,10 +53,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _to_hf(source: str, out_dir: str) -> int:
-    from llm.interop import export_hf, load_model
+    from llm.checkpoint import load_model
+    from llm.interop import export_hf
     from llm.interop.model_dir import tokenizer_dir
 
-    cfg, params, tokenizer = load_model(source)
+    with model_dir_errors(source):
+        model = load_model(source)
+    cfg, params, tokenizer = model.config, model.params, model.tokenizer
     tok_dir = tokenizer_dir(source)
     export_hf(cfg.model, params, out_dir, tokenizer=tokenizer, tokenizer_dir=tok_dir)
     print(f"wrote {out_dir}: config.json and safetensors")

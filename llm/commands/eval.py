@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from llm.cli_args import int_at_least, model_dir_errors, refuse
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    parser.add_argument("--step", type=int_at_least(0), help="checkpoint step (default: newest)")
     parser.add_argument("--data", nargs="*", default=[], help="more corpora to evaluate on")
-    parser.add_argument("--batches", type=int, help="batches per corpus (default: eval.batches)")
-    parser.add_argument("--samples", type=int, help="samples to print (default: eval.samples)")
+    parser.add_argument("--batches", type=int_at_least(1),
+                        help="batches per corpus (default: eval.batches)")  # fmt: skip
+    parser.add_argument("--samples", type=int_at_least(0),
+                        help="samples to print (default: eval.samples)")  # fmt: skip
     parser.add_argument("--prompt", help="prompt of the samples (default: eval.prompt)")
 
 
@@ -27,13 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm.checkpoint import load_model
     from llm.data import make_batches
-    from llm.train.evaluate import evaluate, load_run
+    from llm.train.evaluate import evaluate
     from llm.train.sample import sample
 
-    cfg, params, tokenizer, step = load_run(args.checkpoint, args.step)
-    print(f"{args.checkpoint}: checkpoint at step {step}")
-    n = args.batches or cfg.eval.batches
+    refuse([(args.samples == 0 and args.prompt is not None,
+             "--prompt is the prompt of the samples, and --samples 0 prints none")])  # fmt: skip
+    with model_dir_errors(args.checkpoint):
+        model = load_model(args.checkpoint, args.step)
+    cfg, params, tokenizer = model.config, model.params, model.tokenizer
+    print(f"{args.checkpoint}: {model.layout} model, step {model.step}")
+    n = cfg.eval.batches if args.batches is None else args.batches
     sets = [(cfg.data.corpus, cfg, "validation")]
     if cfg.data.eval_corpus:
         sets.append((cfg.data.eval_corpus, cfg, "ood"))

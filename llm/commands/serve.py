@@ -4,24 +4,30 @@
     curl localhost:8000/v1/completions -d '{"prompt": "Once", "max_tokens": 32, "stream": true}'
     llm serve --config configs/tiny.yaml serve.max_concurrent=16   # random weights (smoke test)
 
-Limits come from the `serve` section of the config (`llm/config/serve.py`); `--port`/`--host`
-override the config for convenience.
+Limits come from the `serve` section of the config (`llm/config/serve.py`); `serve.*`
+overrides apply to a checkpoint's config too, and `--port`/`--host` are shorthands.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from llm.cli_args import add_config_args
+from llm.cli_args import UsageError, add_config_args, int_at_least, model_dir_errors, refuse
+
+
+def _port(text: str) -> int:
+    port = int_at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535] (0 = any free port), got {port}")
+    return port
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="OpenAI-compatible completion server")
     parser.add_argument("--checkpoint", metavar="RUN_DIR", help="training run directory")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    parser.add_argument("--step", type=int_at_least(0), help="checkpoint step (default: newest)")
     parser.add_argument("--host", help="interface (default: serve.host)")
-    parser.add_argument("--port", type=int, help="port (default: serve.port)")
+    parser.add_argument("--port", type=_port, help="port (default: serve.port)")
     add_config_args(parser)
     parser.set_defaults(func=run)
 
@@ -34,22 +40,52 @@ def serve_config(args: argparse.Namespace, config):
     return dataclasses.replace(config.serve, **changes)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """With --checkpoint, the model and its config come from the run: only serve.* applies."""
+    others = [o for o in args.overrides if not o.startswith("serve.")]
+    refuse([
+        (args.checkpoint and args.config,
+         "--config gives random weights, a --checkpoint brings its own config: give one "
+         "(serve.* overrides apply to either)"),
+        (args.checkpoint and others,
+         f"{others[0] if others else ''}: with --checkpoint only serve.* overrides apply (the "
+         "model and its config come from the checkpoint)"),
+        (not args.checkpoint and not args.config and not args.overrides,
+         "give --checkpoint RUN_DIR (a trained model), or --config FILE for random weights"),
+        (args.step is not None and not args.checkpoint,
+         "--step picks a checkpoint of --checkpoint RUN_DIR, and none was given"),
+    ])  # fmt: skip
+
+
+def with_serve_overrides(config, overrides: list[str]):
+    """`config` with `serve.key=value` overrides applied and validated."""
+    import dataclasses
+
+    from llm.config import ServeConfig, from_dict, to_dict
+    from llm.config.base import apply_overrides
+
+    data = apply_overrides({"serve": to_dict(config.serve)}, overrides)["serve"]
+    return dataclasses.replace(config, serve=from_dict(ServeConfig, data, source="overrides"))
+
+
 def run(args: argparse.Namespace) -> int:
     from llm.cli_args import config_from_args
-    from llm.config import ConfigError
     from llm.inference import Engine
-    from llm.inference.loading import load_model
+    from llm.inference.loading import model_for_serving
     from llm.inference.server import Server
 
+    check_arguments(args)
     config = None if args.checkpoint else config_from_args(args)
+    with model_dir_errors(args.checkpoint):
+        model = model_for_serving(args.checkpoint, args.step, config)
+    run_config = with_serve_overrides(model.config, args.overrides if args.checkpoint else [])
+    cfg = serve_config(args, run_config)
+    engine = Engine(model.config.model, model.params, model.tokenizer, max_len=cfg.max_len)
     try:
-        model = load_model(args.checkpoint, args.step, config)
-        cfg = serve_config(args, model.config)
-        engine = Engine(model.config.model, model.params, model.tokenizer, max_len=cfg.max_len)
         server = Server(engine, cfg, model.name)
-    except (ValueError, ConfigError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except OSError as err:  # the address is taken, or not one of this machine's
+        raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err}); "
+                         "choose another --port or --host") from err  # fmt: skip
     host, port = server.address
     print(f"serving {model.name!r} on http://{host}:{port} "
           f"({cfg.max_concurrent} rows, context {engine.max_len})", flush=True)  # fmt: skip

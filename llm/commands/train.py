@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llm.cli_args import add_config_args, config_from_args
+from llm.cli_args import add_config_args, config_from_args, int_at_least, refuse
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry_run", action="store_true", help="print sizes and FLOPs, no training")
     parser.add_argument(
         "--devices",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="with --dry_run: plan per-device memory for this many devices (default: this host's)",
     )
@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    unused = args.devices is not None and not args.dry_run
+    refuse([(unused, "--devices plans memory for --dry_run; training uses this host's devices")])
     if args.config is None and DEFAULT_CONFIG.exists():
         args.config = str(DEFAULT_CONFIG)
     cfg = config_from_args(args)
@@ -40,18 +42,14 @@ def run(args: argparse.Namespace) -> int:
         import jax
 
         from llm.model.accounting import report
-        from llm.sharding.memory import report as mesh_report
+        from llm.train.build import memory_report
 
         print(report(cfg))
-        print(mesh_report(cfg, args.devices or jax.device_count()))
+        print(memory_report(cfg, args.devices or jax.device_count()))
         return 0
-    from llm.train.loop import TrainingDiverged, train
+    from llm.train.loop import train
 
-    try:
-        result = train(cfg)
-    except TrainingDiverged as err:
-        print(f"error: {err}")
-        return 1
+    result = train(cfg)  # TrainingDiverged: one line and exit status 1 (llm.cli)
     _print_summary(result)
     if result["stopped"] is None:
         _print_samples(cfg, result["params"])
@@ -74,7 +72,7 @@ def _print_summary(result: dict) -> None:
 
 
 def _print_samples(cfg, params) -> None:
-    from llm.train.loop import load_tokenizer
+    from llm.tokenizers import load_tokenizer
     from llm.train.sample import sample
 
     tokenizer = load_tokenizer(cfg.data.tokenizer)

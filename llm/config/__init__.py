@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from llm.config.base import (
+    MOVED_KEYS,
     ConfigError,
     apply_overrides,
     check,
@@ -20,10 +21,20 @@ from llm.config.base import (
     to_dict,
 )
 from llm.config.data import DataConfig
+from llm.config.loss import LOSS_CONFIGS, CausalLMLossConfig, LossConfig
 from llm.config.mesh import MeshConfig
 from llm.config.model import ModelConfig
 from llm.config.sections import EvalConfig, OptimConfig, TrainConfig
 from llm.config.serve import ServeConfig
+
+MOVED_KEYS.update(
+    {
+        "train.loss": "loss.name",
+        "train.z_loss": "loss.z_loss",
+        "train.label_smoothing": "loss.label_smoothing",
+        "train.loss_chunk_size": "loss.chunk_size",
+    }
+)
 
 
 @config_class
@@ -35,6 +46,7 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    loss: LossConfig = dataclasses.field(default_factory=CausalLMLossConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
 
@@ -58,10 +70,13 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 __all__ = [
+    "LOSS_CONFIGS",
+    "CausalLMLossConfig",
     "Config",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "LossConfig",
     "MeshConfig",
     "ModelConfig",
     "OptimConfig",

@@ -117,12 +117,26 @@ def dump(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
+# keys that moved to another section: "old.key" -> "new.key", named in the unknown-key error
+MOVED_KEYS: dict[str, str] = {}
+
+
 def _describe(cls: type, error: dict[str, Any]) -> str:
     loc = [str(part) for part in error["loc"]]
     kind = error["type"]
+    shown = _without_tags(cls, loc)
     if kind == "unexpected_keyword_argument":
+        dotted = ".".join(shown)
+        if dotted in MOVED_KEYS:
+            return f"{dotted}: unknown key; it moved to {MOVED_KEYS[dotted]}"
         names = [f.name for f in dataclasses.fields(_type_at(cls, loc[:-1]))]
-        return f"{'.'.join(loc)}: unknown key{_suggest(loc[-1], names)}"
+        return f"{dotted}: unknown key{_suggest(loc[-1], names)}"
+    loc = shown
+    if kind == "union_tag_invalid":  # a tagged union section (`loss:`) with an unknown name
+        tags = re.findall(r"'([^']+)'", error["ctx"]["expected_tags"])
+        return f"{'.'.join([*loc, 'name'])}: {error['ctx']['tag']!r} is not one of {tags}" + (
+            _suggest(str(error["ctx"]["tag"]), tags)
+        )
     if kind == "literal_error":
         options = [str(o) for o in typing.get_args(_type_at(cls, loc))]
         return f"{'.'.join(loc)}: {error['input']!r} is not one of {options}" + _suggest(
@@ -148,9 +162,45 @@ def _type_at(cls: Any, loc: list[str]) -> Any:
     tp = cls
     for name in loc:
         tp = _unwrap_optional(tp)
-        hints = typing.get_type_hints(tp)
+        members = _tagged_members(tp)
+        if members:  # pydantic puts the tag of a tagged union's member in the location
+            tp = members[name]
+            continue
+        hints = typing.get_type_hints(tp, include_extras=True)
         tp = hints[name]
     return _unwrap_optional(tp)
+
+
+def _tagged_members(tp: Any) -> dict[str, Any]:
+    """{tag: member} of an `Annotated[A | B, Field(discriminator="name")]` type, else {}."""
+    if typing.get_origin(tp) is not typing.Annotated:
+        return {}
+    inner = typing.get_args(tp)[0]
+    members = (
+        typing.get_args(inner)
+        if typing.get_origin(inner) in (typing.Union, types.UnionType)
+        else (inner,)
+    )
+    members = [typing.get_args(m)[0] if typing.get_origin(m) is typing.Annotated else m
+               for m in members]  # fmt: skip
+    return {typing.get_args(typing.get_type_hints(m)["name"])[0]: m for m in members}
+
+
+def _without_tags(cls: Any, loc: list[str]) -> list[str]:
+    """`loc` without the member tags pydantic inserts after a tagged union's field name."""
+    shown, tp = [], cls
+    for name in loc:
+        tp = _unwrap_optional(tp)
+        members = _tagged_members(tp)
+        if members and name in members:
+            tp = members[name]
+            continue
+        shown.append(name)
+        hints = (
+            typing.get_type_hints(tp, include_extras=True) if dataclasses.is_dataclass(tp) else {}
+        )
+        tp = hints.get(name)
+    return shown
 
 
 def _unwrap_optional(tp: Any) -> Any:

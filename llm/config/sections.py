@@ -13,7 +13,6 @@ from llm.config.base import check, config_class
 
 OptimizerName = Literal["adamw", "adafactor", "lion", "sgd", "muon"]
 ScheduleName = Literal["constant", "cosine", "linear", "wsd"]
-LossName = Literal["causal_lm"]
 
 
 @config_class
@@ -73,10 +72,6 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     keep_best: int = 1  # checkpoints with the lowest validation loss also kept (0 = none)
     async_checkpointing: bool = True  # write checkpoints in a background thread
-    loss: LossName = "causal_lm"  # objective (a pure loss plug-in in llm/train/losses.py)
-    z_loss: float = 0.0  # weight of the z-loss log(Z)^2 per token (PaLM uses 1e-4)
-    label_smoothing: float = 0.0  # probability mass spread uniformly over the vocabulary
-    loss_chunk_size: int | None = None  # tokens per chunk of chunked cross-entropy; null = plain
     loss_scale_init: float = 32768.0  # float16 only: initial dynamic loss scale
     loss_scale_period: int = 2000  # float16 only: finite steps before the loss scale doubles
     spike_skip: bool = False  # skip updates whose loss or grad norm spikes (counted, not fatal)
@@ -88,6 +83,9 @@ class TrainConfig:
     wandb_project: str | None = None  # log to Weights & Biases under this project (if installed)
     profile_steps: tuple[int, ...] = ()  # [first, last] step of a jax.profiler trace; () = off
     resume: bool = True  # continue from the newest good checkpoint in run_dir
+    init_from: str | None = None  # start from these weights: a run, `llm convert` or HF directory
+    init_step: int | None = None  # with init_from a run: its checkpoint step; null = newest
+    freeze: tuple[str, ...] = ()  # regexes on model param paths ("blocks/attn/w_q") kept frozen
 
     def __post_init__(self) -> None:
         for key in (
@@ -99,14 +97,19 @@ class TrainConfig:
             "keep_checkpoints",
         ):
             check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
-        for key in ("eval_every", "ckpt_every", "keep_best", "z_loss", "label_smoothing"):
+        for key in ("eval_every", "ckpt_every", "keep_best"):
             check(getattr(self, key) >= 0, key, "must be non-negative")
-        check(self.label_smoothing < 1.0, "label_smoothing", "must be below 1")
         check(
-            self.loss_chunk_size is None or self.loss_chunk_size > 0,
-            "loss_chunk_size",
-            "must be positive or null",
+            self.init_step is None or self.init_from is not None,
+            "init_step",
+            "needs init_from (the run directory whose step it names)",
         )
+        check(self.init_step is None or self.init_step >= 0, "init_step", "must be >= 0")
+        for pattern in self.freeze:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                check(False, "freeze", f"{pattern!r} is not a regex: {err}")
         check(self.loss_scale_init > 0, "loss_scale_init", "must be positive")
         check(self.loss_scale_period > 0, "loss_scale_period", "must be positive")
         check(self.spike_window >= 2, "spike_window", "must be at least 2")

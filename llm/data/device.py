@@ -20,6 +20,14 @@ def batch_sharding(mesh: Mesh, data_axes: tuple[str, ...] = DATA_AXES) -> NamedS
     return NamedSharding(mesh, PartitionSpec(axes or None, None))
 
 
-def to_device(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process's rows of each [B / P, L] array -> global [B, L] jax arrays."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+def to_device(
+    batch: dict[str, np.ndarray], sharding: NamedSharding | dict[str, NamedSharding]
+) -> dict[str, jax.Array]:
+    """This process's rows of each [B / P, ...] array -> global [B, ...] jax arrays.
+
+    `sharding` is one sharding for every leaf, or one per leaf (a loss's `batch_axes` laid
+    out by `llm.sharding.init.batch_shardings`: `[B]`, `[B, L]` and `[B, 2, L]` leaves differ).
+    """
+    if isinstance(sharding, NamedSharding):
+        sharding = dict.fromkeys(batch, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding[k], v) for k, v in batch.items()}

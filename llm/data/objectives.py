@@ -15,9 +15,17 @@ tokens of a packed row and pads to shapes that depend only on L, for `grain.rand
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 Row = dict[str, np.ndarray]
+
+
+def mlm_mask_id(tokenizer: Any) -> int:
+    """The id MLM writes over selected tokens: the tokenizer's [MASK], else one past its vocab
+    (a model trained with MLM needs an embedding row for it: `model.vocab_size` > this id)."""
+    return getattr(tokenizer, "mask_id", tokenizer.vocab_size)
 
 
 def mlm_mask(

@@ -22,7 +22,7 @@ import grain
 import numpy as np
 
 from llm.config import Config
-from llm.data.objectives import mlm_mask
+from llm.data.objectives import mlm_mask, mlm_mask_id
 from llm.data.packing import PackedRows
 from llm.data.tokenized import OOD_SPLIT, load_shards
 from llm.tokenizers import Tokenizer
@@ -109,7 +109,7 @@ def batch_dataset(cfg: Config, split, shard, tokenizer, process_index, process_c
         indices = grain.MapDataset.range(-(-len(rows) // B) * B)
     ds = indices.map(rows.__getitem__)
     if cfg.data.objective == "mlm":
-        mask_id = getattr(tokenizer, "mask_id", tokenizer.vocab_size)
+        mask_id = mlm_mask_id(tokenizer)
         transform = functools.partial(
             mlm_mask,
             rate=cfg.data.mlm_rate,

@@ -1,39 +1,28 @@
-"""Where a model for generation comes from: a training run directory, or a config and a seed.
+"""Where a model for generation comes from: a model directory, or a config and a seed.
 
-Run directories are read with the trainer's `llm.train.evaluate.load_run` (resolved config,
-newest or chosen checkpoint, tokenizer). A config alone gives random weights: enough to
-smoke-test the engine, CLI and server without training anything.
+Directories (a run, an `llm convert` output, a Hugging Face directory) are read with the one
+loader, `llm.checkpoint.load_model` (params only, newest or chosen step). A config alone gives
+random weights: enough to smoke-test the engine, CLI and server without training anything.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
+from llm.checkpoint import LoadedModel, load_model
 from llm.config import Config
 from llm.tokenizers.chat import marker_ids
 from llm.tokenizers.specials import DEFAULT_SPECIALS
-from llm.typing import PyTree
 
 
-@dataclasses.dataclass
-class LoadedModel:
-    config: Config
-    params: PyTree
-    tokenizer: Any
-    name: str  # what the server answers to (the run directory's name, or "random-init")
-    step: int | None  # checkpoint step, None for random weights
+def model_for_serving(checkpoint: str | None, step: int | None, config: Config | None,
+                      seed: int = 0) -> LoadedModel:  # fmt: skip
+    """The model in directory `checkpoint` if given, else `config` with random weights.
 
-
-def load_model(checkpoint: str | None, step: int | None, config: Config | None,
-               seed: int = 0) -> LoadedModel:  # fmt: skip
-    """A run's checkpoint if `checkpoint` is given, else `config` with random weights."""
+    `.name` is what the server answers to: the directory's name, or "random-init"."""
     if checkpoint is not None:
-        from llm.train.evaluate import load_run
-
-        cfg, params, tokenizer, found = load_run(checkpoint, step)
-        return LoadedModel(cfg, params, tokenizer, Path(checkpoint).resolve().name, found)
+        return load_model(checkpoint, step)
     if config is None:
         raise ValueError("give --checkpoint RUN_DIR or --config FILE")
     import jax
@@ -48,7 +37,7 @@ def load_model(checkpoint: str | None, step: int | None, config: Config | None,
             f"model.vocab_size is {config.model.vocab_size}"
         )
     params = init_params(config.model, jax.random.key(seed))
-    return LoadedModel(config, params, tokenizer, "random-init", None)
+    return LoadedModel(config, params, tokenizer, 0, "random", Path("random-init"))
 
 
 def chat_stops(tokenizer: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:

@@ -1,10 +1,12 @@
 """Interoperability: Hugging Face and GGUF checkpoints in, Hugging Face checkpoints out.
 
-    from llm.interop import import_hf, import_gguf, export_hf, load_model
+    from llm.interop import import_hf, import_gguf, export_hf
+    from llm.checkpoint import load_model
     import_hf("hf/Llama-3.2-1B", "models/llama")     # config.json + safetensors + tokenizer
     import_gguf("SmolLM2.Q4_1.gguf", "models/smol")  # dequantized, Q/K un-permuted
-    cfg, params, tokenizer = load_model("models/smol")
-    export_hf(cfg.model, params, "hf/out", tokenizer=tokenizer, tokenizer_dir="models/smol")
+    m = load_model("models/smol")
+    export_hf(m.config.model, m.params, "hf/out", tokenizer=m.tokenizer,
+              tokenizer_dir="models/smol")
 
 See docs/interop.md for the directory layout and the command line (`llm convert ...`).
 """
@@ -13,7 +15,7 @@ from llm.interop.export import export_hf
 from llm.interop.gguf import import_gguf
 from llm.interop.hf_config import UnsupportedConfig, hf_config_from_model, model_config_from_hf
 from llm.interop.hf_import import import_hf
-from llm.interop.model_dir import load_model, save_model
+from llm.interop.model_dir import save_model
 
 __all__ = [
     "UnsupportedConfig",
@@ -21,7 +23,6 @@ __all__ = [
     "hf_config_from_model",
     "import_gguf",
     "import_hf",
-    "load_model",
     "model_config_from_hf",
     "save_model",
 ]

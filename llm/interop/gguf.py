@@ -25,6 +25,7 @@ from llm.config import Config, ModelConfig
 from llm.interop.hf_config import UnsupportedConfig
 from llm.interop.hf_weights import ParamsBuilder, llama_rules
 from llm.interop.model_dir import save_model
+from llm.model import abstract_params
 
 # Metadata keys under the architecture prefix that we read (others: error).
 LLAMA_KEYS = {
@@ -165,7 +166,6 @@ def load_gguf_params(cfg: ModelConfig, reader) -> dict:
     """Dequantized, un-permuted params (numpy, `cfg.param_dtype`)."""
     from gguf.quants import dequantize
 
-    from llm.model import abstract_params
 
     builder = ParamsBuilder(cfg, llama_rules(cfg), abstract_params(cfg))
     for t in reader.tensors:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from llm.config import ModelConfig
+from llm.interop.hf_config import hf_model_type
+from llm.model import abstract_params
 
 ParamPath = tuple[str, ...]
 # Buffers some checkpoints store that are not parameters (recomputed by the model).
@@ -148,8 +150,6 @@ def gpt2_rules(cfg: ModelConfig) -> list[Rule]:
 
 
 def rules_for(cfg: ModelConfig) -> list[Rule]:
-    from llm.interop.hf_config import hf_model_type
-
     return gpt2_rules(cfg) if hf_model_type(cfg) == "gpt2" else llama_rules(cfg)
 
 
@@ -237,16 +237,12 @@ class ParamsBuilder:
         return params
 
     def _arch(self) -> str:
-        from llm.interop.hf_config import hf_model_type
-
         return hf_model_type(self.cfg)
 
 
 def load_hf_params(cfg: ModelConfig, hf_dir: str | Path) -> tuple[dict, list[str]]:
     """Our params (numpy, `cfg.param_dtype`) from a Hugging Face safetensors checkpoint,
     and the names of the stored tensors that were not needed (buffers, a tied lm_head)."""
-    from llm.model import abstract_params
-
     builder = ParamsBuilder(cfg, rules_for(cfg), abstract_params(cfg))
     for name, w in iter_safetensors(Path(hf_dir)):
         if name == "lm_head.weight" and cfg.tie_embeddings:

@@ -9,8 +9,8 @@
       source.json            where the weights came from and which stored tensors were unused
 
 The params are saved without optimiser state: an import is a starting point for evaluation,
-generation or fine-tuning, not a paused training run. `load_model` also reads training run
-directories (`RUN_DIR/checkpoints/<step>/`), so `llm convert to-hf` takes either.
+generation or fine-tuning (`train.init_from`), not a paused training run. Reading this layout
+(and run directories, and Hugging Face directories) is `llm.checkpoint.load_model`'s job.
 """
 
 from __future__ import annotations
@@ -64,44 +64,6 @@ def save_model(
     checkpointer.save(out / "params", jax.tree.map(jax.numpy.asarray, params))
     checkpointer.wait_until_finished()
     return cfg
-
-
-def load_model(model_dir: str | Path) -> tuple[Config, PyTree, Any]:
-    """(config, params, tokenizer) of an imported model directory or a training run."""
-    from llm.model import abstract_params
-    from llm.tokenizers import load_tokenizer
-
-    path = Path(model_dir).absolute()
-    if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path} is not a model directory: config.yaml is missing")
-    if not (path / "params").is_dir():
-        if (path / "checkpoints").is_dir():
-            from llm.train.evaluate import load_run
-
-            cfg, params, tokenizer, _ = load_run(str(path))
-            return cfg, params, tokenizer
-        raise FileNotFoundError(f"{path}: neither params/ (import) nor checkpoints/ (run)")
-    import orbax.checkpoint as ocp
-
-    cfg = load_config(path / "config.yaml")
-    for name in ("tokenizer.json", "tokenizer.model"):  # the directory may have moved
-        if (path / name).is_file():
-            cfg = dataclasses.replace(
-                cfg, data=dataclasses.replace(cfg.data, tokenizer=str(path / name))
-            )
-            break
-    params = ocp.StandardCheckpointer().restore(path / "params", abstract_params(cfg.model))
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    if _has_chat_template(path):  # the model's own template drives apply_chat and chat stops
-        from llm.interop.chat_template import ChatTemplate
-
-        tokenizer.chat_template = ChatTemplate.from_dir(path)
-    return cfg, params, tokenizer
-
-
-def _has_chat_template(path: Path) -> bool:
-    config = path / "tokenizer_config.json"
-    return config.is_file() and "chat_template" in json.loads(config.read_text())
 
 
 def tokenizer_dir(model_dir: str | Path) -> Path | None:

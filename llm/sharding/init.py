@@ -1,15 +1,11 @@
-"""Sharded training state: where every array lives, and initialisation in place.
+"""Where every array of a run lives: the sharding plan, and specs of any tree or batch.
 
     plan = make_plan(cfg, mesh)                       # checks the config against the mesh
-    tx = make_optimizer(cfg.optim, steps, abstract_params(cfg.model), logical_axes(cfg.model))
-    state = init_train_state(cfg, plan, tx)           # TrainState, each leaf already sharded
-    step = make_train_step(cfg, loss, tx, schedule,
-                           state_shardings=state_shardings(cfg, plan, tx),
-                           batch_sharding=plan.batch)
+    specs = tree_specs(plan, axes)                    # logical axes -> mesh PartitionSpecs
+    batch = batch_shardings(plan, loss.batch_axes)    # one NamedSharding per batch leaf
 
-Initialisation is `jax.jit(build, out_shardings=...)`: the partitioner gives each device
-only the slice of the RNG computation that produces its own shard (threefry is
-partitionable by default since JAX 0.5), so no host or device ever holds the full model.
+The train state built from these lives in llm/train/build.py: this package knows meshes and
+logical axes, not what a train state holds (llm.sharding never imports llm.train).
 
 Optimizer state follows the parameters: a state leaf whose key path ends with a param's path
 and has that param's shape (Adam's mu and nu, momentum) gets the param's spec; anything else
@@ -23,14 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llm.config import Config
-from llm.model import init_params, logical_axes
+from llm.model import logical_axes
 from llm.model.functional import abstract_params
 from llm.sharding import rules as R
-from llm.train.state import TrainState, init_state
 from llm.typing import PyTree
 
 
@@ -42,7 +36,7 @@ class ShardingPlan:
     preset: str
     rules: Mapping[str, R.MeshAxes]
     param_specs: PyTree  # params-shaped tree of mesh PartitionSpecs
-    batch: NamedSharding  # [B, L] batches: B over (data, fsdp), L per the rules
+    batch: NamedSharding  # [B, L] leaves: B over (data, fsdp), L per the rules
 
     @property
     def params(self) -> PyTree:
@@ -107,48 +101,17 @@ def opt_state_specs(opt_abstract: PyTree, params_abstract: PyTree, param_specs: 
     return jax.tree_util.tree_map_with_path(spec_of, opt_abstract)
 
 
-def _builder(cfg: Config, tx: optax.GradientTransformation):
-    t = cfg.train
-    scale = t.loss_scale_init if cfg.model.dtype == "float16" else 1.0
-
-    def build(key: jax.Array) -> TrainState:
-        params = init_params(cfg.model, key)
-        return init_state(params, tx, seed=t.seed, loss_scale=scale, spike_window=t.spike_window)
-
-    return build
+def tree_specs(plan: ShardingPlan, axes: PyTree) -> PyTree:
+    """Mesh PartitionSpecs of any tree of logical axes (params, frozen, extra components)."""
+    return R.param_specs(plan.rules, axes)
 
 
-def state_specs(cfg: Config, plan: ShardingPlan, tx: optax.GradientTransformation) -> TrainState:
-    """TrainState-shaped tree of mesh PartitionSpecs (params, optimizer state, scalars)."""
-    abstract = jax.eval_shape(_builder(cfg, tx), jax.random.key(0))
-    replicated = jax.tree.map(lambda _: PartitionSpec(), abstract)
-    opt = opt_state_specs(abstract.opt_state, abstract.params, plan.param_specs)
-    return dataclasses.replace(replicated, params=plan.param_specs, opt_state=opt)
-
-
-def state_shardings(
-    cfg: Config, plan: ShardingPlan, tx: optax.GradientTransformation
-) -> TrainState:
-    """`state_specs` as NamedShardings: the step's in/out shardings and restore targets."""
-    return R.named(plan.mesh, state_specs(cfg, plan, tx))
-
-
-def abstract_state(cfg: Config, plan: ShardingPlan, tx: optax.GradientTransformation) -> TrainState:
-    """ShapeDtypeStructs with shardings: what `Checkpointer.restore` fills on this mesh."""
-    abstract = jax.eval_shape(_builder(cfg, tx), jax.random.key(0))
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract,
-        state_shardings(cfg, plan, tx),
-    )
-
-
-def init_train_state(
-    cfg: Config, plan: ShardingPlan, tx: optax.GradientTransformation
-) -> TrainState:
-    """A step-0 TrainState created directly in its shards (seed `cfg.train.seed`)."""
-    build = jax.jit(_builder(cfg, tx), out_shardings=state_shardings(cfg, plan, tx))
-    return build(jax.random.key(cfg.train.seed))
+def batch_shardings(plan: ShardingPlan, batch_axes: Mapping[str, tuple]) -> dict[str, Any]:
+    """{leaf: NamedSharding} from a loss's declared logical axes per batch leaf."""
+    return {
+        key: NamedSharding(plan.mesh, R.mesh_spec(plan.rules, tuple(axes)))
+        for key, axes in batch_axes.items()
+    }
 
 
 def shard_bytes(tree: PyTree) -> tuple[int, int]:

@@ -1,10 +1,13 @@
 """Bytes per device of params, gradients, optimizer state and activations, computed abstractly.
 
-    print(report(cfg, n_devices=256))      # seconds, no device memory: jax.eval_shape only
+    p = plan(cfg, 256, params, params_axes, frozen, frozen_axes, opt_state)  # abstract trees
+    print(report(cfg, p))
 
-Params, gradients and optimizer state are exact: the real param and optax state shapes
-(`jax.eval_shape`) split by the real PartitionSpecs of the preset on the resolved mesh, on
-the most loaded device. Gradients are float32 (the train step casts them).
+`llm.train.build.memory_plan(cfg, n)` builds those trees for a run (this package does not
+know what a train state holds). Params, frozen params, gradients and optimizer state are
+exact: the real shapes (`jax.eval_shape`) split by the real PartitionSpecs of the preset on
+the resolved mesh, on the most loaded device. Gradients (float32, the train step casts them)
+and optimizer state exist for the trained params only; frozen ones cost their weights.
 
 Activations are an estimate after Korthikanti et al. (2022, arXiv:2205.05198): per layer and
 at 16 bits, s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes with tensor parallelism t (the 10 is the
@@ -29,12 +32,9 @@ import jax
 import numpy as np
 
 from llm.config import Config
-from llm.model import logical_axes
-from llm.model.functional import abstract_params
 from llm.sharding import rules as R
 from llm.sharding.init import check_batch, opt_state_specs
 from llm.sharding.mesh import resolve_shape
-from llm.train.optim import make_optimizer
 from llm.typing import PyTree
 
 FLASH_IMPLS = ("pallas", "cudnn")  # fused attention: the s x s scores are never stored
@@ -44,14 +44,15 @@ FLASH_IMPLS = ("pallas", "cudnn")  # fused attention: the s x s scores are never
 class MemoryPlan:
     preset: str
     mesh_shape: dict[str, int]
-    params: int  # bytes per device, param_dtype
+    params: int  # bytes per device of the trained params, param_dtype
+    frozen: int  # bytes per device of the frozen tree (no gradients, no optimizer state)
     grads: int  # bytes per device, float32
     optimizer: int  # bytes per device of the optimizer state
     activations: int  # estimated bytes per device saved for the backward pass
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.activations
+        return self.params + self.frozen + self.grads + self.optimizer + self.activations
 
 
 def shard_elements(shape: tuple[int, ...], spec, mesh_shape: Mapping[str, int]) -> int:
@@ -90,36 +91,45 @@ def activation_bytes(cfg: Config, rules: Mapping[str, R.MeshAxes], shape: Mappin
     return int(blocks + logits)
 
 
-def plan(cfg: Config, n_devices: int) -> MemoryPlan:
+def plan(
+    cfg: Config,
+    n_devices: int,
+    params: PyTree,
+    params_axes: PyTree,
+    frozen: PyTree,
+    frozen_axes: PyTree,
+    opt_state: PyTree,
+) -> MemoryPlan:
     """Per-device bytes for `cfg.mesh` resolved on `n_devices` devices (raises if invalid)."""
     shape = resolve_shape(cfg.mesh, n_devices)
     rules = R.get_rules(cfg.mesh.rules)
-    params = abstract_params(cfg.model)
-    specs = R.param_specs(rules, logical_axes(cfg.model))
+    specs = R.param_specs(rules, params_axes)
+    frozen_specs = R.param_specs(rules, frozen_axes)
     R.check_divisible(params, specs, shape)
+    R.check_divisible(frozen, frozen_specs, shape)
     check_batch(cfg, R.mesh_spec(rules, ("batch", "length")), shape)
-    tx = make_optimizer(cfg.optim, cfg.train.steps, params, logical_axes(cfg.model))
-    opt = jax.eval_shape(tx.init, params)
     grads = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), params)
     return MemoryPlan(
         preset=cfg.mesh.rules,
         mesh_shape=shape,
         params=tree_shard_bytes(params, specs, shape),
+        frozen=tree_shard_bytes(frozen, frozen_specs, shape),
         grads=tree_shard_bytes(grads, specs, shape),
-        optimizer=tree_shard_bytes(opt, opt_state_specs(opt, params, specs), shape),
+        optimizer=tree_shard_bytes(opt_state, opt_state_specs(opt_state, params, specs), shape),
         activations=activation_bytes(cfg, rules, shape),
     )
 
 
-def report(cfg: Config, n_devices: int) -> str:
-    """The dry-run table of `plan`: what one device holds for this preset and mesh."""
-    p = plan(cfg, n_devices)
+def report(cfg: Config, p: MemoryPlan) -> str:
+    """The dry-run table of a plan: what one device holds for this preset and mesh."""
+    n_devices = math.prod(p.mesh_shape.values())
     mesh = " ".join(f"{k}={v}" for k, v in p.mesh_shape.items())
     m = cfg.model
     rows = [
         (f"mesh ({n_devices} devices)", mesh),
         ("rules preset", p.preset),
-        (f"params per device ({m.param_dtype})", _gib(p.params)),
+        (f"trained params per device ({m.param_dtype})", _gib(p.params)),
+        ("frozen params per device", _gib(p.frozen)),
         ("gradients per device (float32)", _gib(p.grads)),
         (f"optimizer state per device ({cfg.optim.name})", _gib(p.optimizer)),
         (f"activations per device (remat={m.remat}, est.)", _gib(p.activations)),

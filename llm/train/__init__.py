@@ -1,4 +1,4 @@
-"""Training: train state, loss plug-ins, optimisers, the jitted step, checkpoints, the loop.
+"""Training: train state, trainable/frozen split, losses, optimisers, the jitted step, the loop.
 
     from llm.train import train
     result = train(load_config("configs/default.yaml"))
@@ -6,31 +6,41 @@
 See docs/training.md.
 """
 
-from llm.train.checkpoint import Checkpointer, CheckpointMismatch, NoUsableCheckpoint
-from llm.train.evaluate import evaluate, load_run
+from llm.train.evaluate import evaluate
 from llm.train.loop import TrainingDiverged, train
-from llm.train.losses import LossFn, LossOutput, causal_lm_loss, make_loss
+from llm.train.losses import (
+    LOSSES,
+    CausalLMLoss,
+    Loss,
+    LossFn,
+    LossOutput,
+    make_loss,
+    register_loss,
+)
 from llm.train.optim import make_optimizer, make_schedule
 from llm.train.sample import sample
 from llm.train.state import TrainState, init_state
 from llm.train.step import make_train_step, train_step
+from llm.train.trainable import Component, Trainable, model_params
 
 __all__ = [
-    "CheckpointMismatch",
-    "Checkpointer",
+    "LOSSES",
+    "CausalLMLoss",
+    "Component",
+    "Loss",
     "LossFn",
     "LossOutput",
-    "NoUsableCheckpoint",
     "TrainState",
+    "Trainable",
     "TrainingDiverged",
-    "causal_lm_loss",
     "evaluate",
     "init_state",
-    "load_run",
     "make_loss",
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "model_params",
+    "register_loss",
     "sample",
     "train",
     "train_step",

@@ -18,14 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm.train.losses import cross_entropy_plain
+from llm.model import forward
+from llm.ops.cross_entropy import cross_entropy_plain
 from llm.typing import PyTree
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_sums(model_cfg: Any, params: PyTree, batch: dict[str, jax.Array]) -> jax.Array:
-    from llm.model import forward
-
     out = forward(
         model_cfg,
         params,
@@ -86,43 +85,3 @@ def evaluate(
         "bytes": n_bytes,
         "batches": n,
     }
-
-
-def load_run(run_dir: str, step: int | None = None) -> tuple[Any, PyTree, Any, int]:
-    """(config, params, tokenizer, step) of a run directory's newest (or `step`) checkpoint.
-
-    The config is the resolved one saved beside the checkpoints, so the restored arrays are
-    checked against exactly the shapes the run trained with. A directory made by
-    `llm convert` (an imported model: `params/` beside `config.yaml`) loads as step 0.
-    """
-    from pathlib import Path
-
-    if (Path(run_dir) / "params").is_dir():
-        from llm.interop import load_model
-
-        cfg, params, tokenizer = load_model(run_dir)
-        return cfg, params, tokenizer, 0
-
-    from llm.config import load_config
-    from llm.model import init_params, logical_axes
-    from llm.train.checkpoint import Checkpointer
-    from llm.train.loop import load_tokenizer
-    from llm.train.optim import make_optimizer
-    from llm.train.state import init_state
-
-    config_path = Path(run_dir) / "config.yaml"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: {config_path} is missing")
-    cfg = load_config(config_path)
-    abstract = jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
-    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-    tx = make_optimizer(cfg.optim, cfg.train.steps, params, logical_axes(cfg.model))
-    like = init_state(params, tx, seed=0, spike_window=cfg.train.spike_window)
-    ckpt = Checkpointer(run_dir, keep=cfg.train.keep_checkpoints, async_save=False)
-    try:
-        restored = ckpt.restore(like, step)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
-    return cfg, restored.state.params, load_tokenizer(cfg.data.tokenizer), restored.step

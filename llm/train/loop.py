@@ -17,6 +17,14 @@ Failure handling:
     A second SIGINT interrupts at once.
   * On start the newest good checkpoint in `run_dir` is restored (`train.resume`), together
     with the data iterator's position, so the continued run matches an uninterrupted one.
+    Otherwise `train.init_from` names weights to start from (a run, an `llm convert` or a
+    Hugging Face directory, `llm.checkpoint.load_model`): they are restored straight into
+    their shards, the optimiser state is fresh, and step 0 is evaluated so the starting
+    point is on record. A resumed warm start continues from its own checkpoints.
+
+What is trained and how it is scored are arguments, not code paths: `loss` (a
+`llm.train.losses.Loss`, default: the one `cfg.loss` names) and `trainable` (a
+`llm.train.trainable.Trainable`, default: `train.freeze`).
 """
 
 from __future__ import annotations
@@ -30,16 +38,26 @@ from typing import Any
 import jax
 import numpy as np
 
-from llm.config import Config, save_config, to_dict
+from llm.checkpoint import Checkpointer, load_model
+from llm.config import Config, check, save_config, to_dict
+from llm.data import make_batches
 from llm.data.device import to_device
+from llm.data.objectives import mlm_mask_id
+from llm.model import logical_axes
 from llm.model.accounting import train_flops_per_token
-from llm.train.checkpoint import Checkpointer
-from llm.train.evaluate import evaluate
-from llm.train.losses import make_loss
+from llm.sharding import make_mesh, with_activation_sharding
+from llm.sharding import rules as R
+from llm.sharding.distributed import initialize
+from llm.sharding.init import batch_shardings, make_plan
+from llm.tokenizers import load_tokenizer
+from llm.train.build import init_train_state, state_layout
+from llm.train.losses import Loss, check_batch_leaves, make_loss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
-from llm.train.optim import make_optimizer, make_schedule, param_paths
+from llm.train.optim import make_schedule, param_paths
 from llm.train.state import TrainState
 from llm.train.step import make_train_step
+from llm.train.trainable import Trainable, model_params
+from llm.train.warm_start import warm_start_config
 
 Batches = Iterator[dict[str, np.ndarray]]
 
@@ -48,20 +66,7 @@ class TrainingDiverged(RuntimeError):
     """The loss or gradients became NaN/Inf; the last good checkpoint is untouched."""
 
 
-def load_tokenizer(spec: str) -> Any:
-    """The run's tokenizer (`data.tokenizer`): via llm.tokenizers.load_tokenizer when present."""
-    import llm.tokenizers as tokenizers
-
-    if hasattr(tokenizers, "load_tokenizer"):
-        return tokenizers.load_tokenizer(spec)
-    if spec == "byte":
-        return tokenizers.ByteTokenizer()
-    raise ValueError(f"data.tokenizer: cannot load {spec!r} (only 'byte' is available here)")
-
-
 def default_batches(cfg: Config, split: str, tokenizer: Any) -> Batches:
-    from llm.data import make_batches
-
     # this process's rows of every global batch: all processes together make the batch
     return make_batches(
         cfg, split, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
@@ -126,31 +131,29 @@ class Trainer:
         train_batches: Batches | None = None,
         val_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
         tokenizer: Any = None,
+        loss: Loss | None = None,
+        trainable: Trainable | None = None,
     ) -> None:
-        from llm.model import logical_axes
-        from llm.model.functional import abstract_params
-        from llm.sharding import make_mesh, with_activation_sharding
-        from llm.sharding.init import init_train_state, make_plan, state_shardings
-
+        cfg = warm_start_config(cfg)  # init_from: the source's architecture and tokenizer
         self.cfg, t = cfg, cfg.train
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
             save_config(cfg, self.run_dir / "config.yaml")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.data.tokenizer)
-        _check_vocab(cfg, self.tokenizer)
+        self.loss = loss if loss is not None else make_loss(cfg)
+        _check_data(cfg, self.tokenizer, self.loss)
         self.plan = make_plan(cfg, make_mesh(cfg.mesh))  # fails here, before any compile
         self.schedule = make_schedule(cfg.optim, t.steps)
-        tx = make_optimizer(cfg.optim, t.steps, abstract_params(cfg.model), logical_axes(cfg.model))
-        self.state: TrainState = init_train_state(cfg, self.plan, tx)  # created in its shards
-        loss = with_activation_sharding(make_loss(cfg), self.plan.mesh, self.plan.rules)
+        self.layout = state_layout(cfg, self.plan, trainable or Trainable(freeze=t.freeze))
+        self.batch_sharding = batch_shardings(self.plan, self.loss.batch_axes)
         self.step_fn = make_train_step(
             cfg,
-            loss,
-            tx,
+            with_activation_sharding(self.loss, self.plan.mesh, self.plan.rules),
+            self.layout.tx,
             self.schedule,
-            state_shardings=state_shardings(cfg, self.plan, tx),
-            batch_sharding=self.plan.batch,
+            state_shardings=self.layout.shardings,
+            batch_sharding=self.batch_sharding,
         )
         self.ckpt = Checkpointer(
             self.run_dir,
@@ -164,21 +167,48 @@ class Trainer:
             val_batches = lambda: default_batches(cfg, "validation", self.tokenizer)  # noqa: E731
         self.batches, self.val_batches = train_batches, val_batches
         self.resumed_from = self._resume() if t.resume else None
+        self.warm_from: str | None = None
+        if self.resumed_from is None:
+            self.state = init_train_state(cfg, self.layout, self._initial_weights())
         self.start = int(self.state.step)
         self.val: dict[str, float] | None = None
         self.profiling = False
 
     def _resume(self) -> int | None:
-        restored = self.ckpt.restore(self.state)
+        restored = self.ckpt.restore(self.layout.abstract_sharded())
         if restored is None:
             return None
-        self.state = restored.state
+        self.state: TrainState = restored.state
         self.batches.set_state(restored.data_state)
         return restored.step
 
+    def _initial_weights(self) -> Any:
+        """None (fresh init) or the `train.init_from` model, restored into its shards."""
+        t = self.cfg.train
+        if t.init_from is None:
+            return None
+        specs = R.param_specs(self.plan.rules, logical_axes(self.cfg.model))
+        loaded = load_model(t.init_from, t.init_step, shardings=R.named(self.plan.mesh, specs))
+        self.warm_from = f"{loaded.path} ({loaded.layout}, step {loaded.step})"
+        return loaded.params
+
+    def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A host batch checked against the loss's declared leaves, as global device arrays."""
+        check_batch_leaves(self.loss, batch)
+        return to_device(batch, self.batch_sharding)
+
+    @property
+    def model_params(self) -> Any:
+        """The decoder's full param tree (trained and frozen leaves together)."""
+        return model_params(self.state.params, self.state.frozen)
+
     @property
     def meta(self) -> dict[str, Any]:
-        return {"config": to_dict(self.cfg), "tokenizer": self.cfg.data.tokenizer}
+        return {
+            "config": to_dict(self.cfg),
+            "tokenizer": self.cfg.data.tokenizer,
+            "init_from": self.warm_from,
+        }
 
     def save(self, val_loss: float | None = None) -> None:
         self.ckpt.save(
@@ -186,29 +216,39 @@ class Trainer:
         )
 
     def run_eval(self, log: MetricsLogger) -> dict[str, float]:
-        m = self.cfg
-        self.val = evaluate(
-            m.model,
+        """The loss's own validation metrics (perplexity and bpb for language modelling)."""
+        self.val = self.loss.evaluate(
             self.state.params,
+            self.state.frozen,
             self.val_batches(),
-            self.tokenizer,
-            m.eval.batches,
-            put=lambda b: to_device(b, self.plan.batch),
+            tokenizer=self.tokenizer,
+            max_batches=self.cfg.eval.batches,
+            put=self.put,
         )
         step = int(self.state.step)
         log.log(step, self.val, prefix="val")
-        v = self.val
-        log.message(
-            f"step {step}: val loss {v['loss']:.4f}, ppl {v['ppl']:.2f}, bpb {v['bpb']:.4f}"
-        )
+        log.message(f"step {step}: {self.loss.summary(self.val)}")
         return self.val
 
 
-def _check_vocab(cfg: Config, tokenizer: Any) -> None:
+def _check_data(cfg: Config, tokenizer: Any, loss: Loss) -> None:
+    """Data that would train to NaN or to nothing is refused before the first step."""
+    check(
+        cfg.data.objective != "mlm" or loss.name != "causal_lm",
+        "data.objective",
+        "'mlm' makes masked-token batches, but loss.name='causal_lm' trains a causal decoder "
+        "to predict the next token; use data.objective=causal with this loss",
+    )
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
             f"vocabulary ({tokenizer.vocab_size} ids from data.tokenizer={cfg.data.tokenizer!r})"
+        )
+    if cfg.data.objective == "mlm" and mlm_mask_id(tokenizer) >= cfg.model.vocab_size:
+        raise ValueError(
+            f"data.objective=mlm writes mask id {mlm_mask_id(tokenizer)} (data.tokenizer="
+            f"{cfg.data.tokenizer!r} has no [MASK] below it), outside model.vocab_size="
+            f"{cfg.model.vocab_size}: raise model.vocab_size or use a tokenizer with a mask token"
         )
 
 
@@ -236,17 +276,24 @@ def train(
     train_batches: Batches | None = None,
     val_batches: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
     tokenizer: Any = None,
+    loss: Loss | None = None,
+    trainable: Trainable | None = None,
 ) -> dict[str, Any]:
     """Trains `cfg` to `cfg.train.steps` (resuming if possible); returns a summary dict.
 
     `train_batches` / `val_batches` replace the configured data pipeline (tests, custom data);
     `train_batches` must offer `get_state()` / `set_state()` like `llm.data.make_batches`.
+    `loss` and `trainable` replace what `cfg.loss` and `train.freeze` describe (notebooks,
+    losses written in Python, extra components such as heads or a reference model).
     """
-    from llm.sharding.distributed import initialize
-
     initialize(cfg.mesh)  # multi-host jobs join here; a no-op for one process
     trainer = Trainer(
-        cfg, train_batches=train_batches, val_batches=val_batches, tokenizer=tokenizer
+        cfg,
+        train_batches=train_batches,
+        val_batches=val_batches,
+        tokenizer=tokenizer,
+        loss=loss,
+        trainable=trainable,
     )
     try:
         return _run(trainer)
@@ -267,7 +314,7 @@ def _flush(tr: Trainer, window: _Window, log: MetricsLogger, rates: tuple[float,
         if not bool(m["finite"]):
             raise TrainingDiverged(_diverged_message(step, m))
         record = {k: v for k, v in m.items() if k not in ("finite", "grad_finite")}
-        record["ppl"] = float(np.exp(min(float(m["loss"]), 700.0)))
+        record.update(tr.loss.derived_metrics(record))
         record.update(step_s=step_s, tokens_per_s=tokens_per_s)
         record["mfu"] = flops_per_tok * tokens_per_s / peak
         log.log(step, record)
@@ -304,12 +351,15 @@ def _run(tr: Trainer) -> dict[str, Any]:
     t_start, loss, step = time.perf_counter(), None, tr.start
     if tr.resumed_from is not None:
         log.message(f"resumed from the checkpoint at step {tr.resumed_from} in {tr.ckpt.directory}")
+    elif tr.warm_from is not None:
+        log.message(f"starting from the weights of {tr.warm_from}")
+        tr.run_eval(log)  # step 0: the starting point's validation metrics
     try:
         with _SignalFlag() as flag:
             window = _Window(step)
             while step < t.steps and flag.name is None:
                 _profile(tr, step)
-                batch = to_device(next(tr.batches), tr.plan.batch)  # global arrays from local rows
+                batch = tr.put(next(tr.batches))  # global arrays from local rows
                 tr.state, metrics = tr.step_fn(tr.state, batch)
                 step += 1
                 window.add(step, metrics)
@@ -345,5 +395,6 @@ def _run(tr: Trainer) -> dict[str, Any]:
         "resumed_from": tr.resumed_from,
         "wall_s": time.perf_counter() - t_start,
         "run_dir": str(tr.run_dir),
-        "params": tr.state.params,
+        "params": tr.model_params,
+        "state": tr.state,
     }

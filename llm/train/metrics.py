@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.config import to_dict
+
 
 def measure_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """Best observed FLOP/s of an n x n x n matmul on the default device (a practical peak)."""
@@ -73,8 +75,6 @@ class MetricsLogger:
             raise RuntimeError(
                 "train.wandb_project is set but wandb is not installed (pip install wandb)"
             ) from None
-        from llm.config import to_dict
-
         return wandb.init(
             project=cfg.train.wandb_project, config=to_dict(cfg), dir=str(self.run_dir)
         )

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.model import forward
 from llm.typing import Array, PyTree
 
 
@@ -30,8 +31,6 @@ def _next_token(
     temperature: Array,
 ) -> Array:
     """Samples the token after position t-1 of the window (greedy when temperature == 0)."""
-    from llm.model import forward
-
     logits_V = forward(model_cfg, params, window_1L).logits_BLV[0, t - 1].astype(jnp.float32)
     if top_k is not None:
         kth = jax.lax.top_k(logits_V, top_k)[0][-1]

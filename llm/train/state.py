@@ -2,7 +2,8 @@
 
 Everything that influences the next step lives here (not in Python variables), so a
 checkpoint of this pytree plus the data iterator's position resumes a run bit for bit:
-the step counter, parameters, optimiser state, the base RNG key, the float16 loss scale
+the step counter, the trained `params` and the `frozen` tree (llm/train/trainable.py: the
+optimiser state covers `params` only), optimiser state, the base RNG key, the float16 loss scale
 and the rolling statistics of the spike detector.
 """
 
@@ -20,13 +21,15 @@ from llm.typing import Array, PyTree
 
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-    """step: int32 scalar, optimiser steps taken.  rng: uint32[2] raw base key (dropout).
+    """step: int32 scalar, optimiser steps taken.  params / frozen: the trained and the read-only
+    trees (dicts of components, see trainable.py).  rng: uint32[2] raw base key (dropout).
     loss_scale / good_steps: float16 dynamic loss scaling (Micikevicius et al. 2018); unused
     (scale 1) otherwise.  spike_hist_W2: the last W (loss, grad norm) pairs, oldest first;
     spike_seen: how many pairs were recorded; skipped: updates skipped as spikes."""
 
     step: Array
     params: PyTree
+    frozen: PyTree
     opt_state: PyTree
     rng: Array
     loss_scale: Array
@@ -56,11 +59,13 @@ def init_state(
     seed: int,
     loss_scale: float = 1.0,
     spike_window: int = 2,
+    frozen: PyTree | None = None,
 ) -> TrainState:
-    """A step-0 state around freshly initialised `params`."""
+    """A step-0 state around `params` (fresh or loaded): new optimiser state for them only."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
+        frozen={} if frozen is None else frozen,
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed, impl="threefry2x32")),
         loss_scale=jnp.asarray(loss_scale, jnp.float32),

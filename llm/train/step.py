@@ -4,9 +4,10 @@
     state, metrics = step(state, batch)
 
 What it does, in order:
-  1. Splits the [B, L] batch into `grad_accum` micro-batches of B/A rows and runs a
-     `lax.scan` over them, adding loss *sums*, weights and gradients of the sums; dividing
-     once at the end makes the result equal to the big batch (see losses.py).
+  1. Splits the batch (every leaf has a leading B axis) into `grad_accum` micro-batches of
+     B/A rows and runs a `lax.scan` over them, adding loss *sums*, weights and gradients of
+     the sums; dividing once at the end makes the result equal to the big batch (see
+     losses/base.py).
   2. float16 compute: the loss is multiplied by a dynamic loss scale before differentiation
      and gradients divided by it; non-finite gradients skip the update and halve the scale,
      `loss_scale_period` finite steps double it (Micikevicius et al. 2018). bfloat16 compute
@@ -17,8 +18,9 @@ What it does, in order:
      mean + k*std of the last `spike_window` accepted steps. A skipped step leaves params and
      optimiser state untouched and counts in `state.skipped`.
 
-Shardings: pass `state_shardings` / `batch_sharding` (NamedShardings) to place the step on a
-mesh; with None, jit infers placement (single device).
+Shardings: pass `state_shardings` / `batch_sharding` (NamedShardings; the batch's is a dict
+with one per leaf, from the loss's `batch_axes`) to place the step on a mesh; with None, jit
+infers placement (single device).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llm.train.losses import Batch, LossFn, LossOutput
+from llm.train.losses.base import Batch, LossFn, LossOutput
 from llm.train.optim import leaf_sumsq
 from llm.train.state import TrainState, dropout_key
 from llm.typing import Array, PyTree
@@ -41,10 +43,15 @@ Metrics = dict[str, Any]
 def accumulate_gradients(
     loss_fn: LossFn, params: PyTree, batch: Batch, state: TrainState, n_micro: int, scale: Array
 ) -> tuple[LossOutput, PyTree]:
-    """Sums of loss, weight, metrics and d(scale * total)/d(params) over `n_micro` chunks."""
+    """Sums of loss, weight, metrics and d(scale * total)/d(params) over `n_micro` chunks.
+
+    Only `params` is differentiated: `state.frozen` enters the loss as a constant, so no
+    gradient is computed (or stored) for any frozen leaf.
+    """
+    frozen = state.frozen
 
     def scaled(p: PyTree, micro: Batch, key: Array) -> tuple[Array, LossOutput]:
-        out = loss_fn(p, micro, key)
+        out = loss_fn(p, frozen, micro, key)
         return out.total * scale, out
 
     grad_fn = jax.grad(scaled, has_aux=True)
@@ -149,6 +156,7 @@ def train_step(
     new_state = TrainState(
         step=state.step + 1,
         params=new_params,
+        frozen=state.frozen,
         opt_state=new_opt,
         rng=state.rng,
         loss_scale=loss_scale,

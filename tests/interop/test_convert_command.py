@@ -8,8 +8,9 @@ import jax
 import numpy as np
 from hf_models import make_hf_model, save_hf
 
+from llm.checkpoint import load_model
 from llm.cli import main
-from llm.interop import export_hf, import_hf, load_model
+from llm.interop import export_hf, import_hf
 
 
 def test_from_hf_then_to_hf_via_cli(tmp_path, capsys):
@@ -43,14 +44,16 @@ def test_unsupported_model_exits_2_naming_the_field(tmp_path, capsys):
 def test_sharded_export_and_import_round_trip(tmp_path):
     hf = save_hf(make_hf_model("llama", seed=2), tmp_path / "hf")
     import_hf(hf, tmp_path / "ours")
-    cfg, params, tok = load_model(tmp_path / "ours")
+    m = load_model(tmp_path / "ours")
+    cfg, params, tok = m.config, m.params, m.tokenizer
     export_hf(cfg.model, params, tmp_path / "sharded", tokenizer=tok, max_shard_bytes=20_000)
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
     assert not (tmp_path / "sharded" / "model.safetensors").exists()
     (tmp_path / "sharded" / "tokenizer.json").write_text((hf / "tokenizer.json").read_text())
     import_hf(tmp_path / "sharded", tmp_path / "again")
-    _, params2, _ = load_model(tmp_path / "again")
+    m = load_model(tmp_path / "again")
+    _, params2, _ = m.config, m.params, m.tokenizer
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
@@ -77,8 +80,10 @@ def test_bfloat16_import_is_the_rounded_float32_import(tmp_path):
     hf = save_hf(make_hf_model("gpt2", seed=4), tmp_path / "hf")
     import_hf(hf, tmp_path / "f32")
     import_hf(hf, tmp_path / "bf16", param_dtype="bfloat16")
-    cfg, p16, _ = load_model(tmp_path / "bf16")
-    _, p32, _ = load_model(tmp_path / "f32")
+    m = load_model(tmp_path / "bf16")
+    cfg, p16, _ = m.config, m.params, m.tokenizer
+    m = load_model(tmp_path / "f32")
+    _, p32, _ = m.config, m.params, m.tokenizer
     assert cfg.model.param_dtype == "bfloat16"
     for a, b in zip(jax.tree.leaves(p16), jax.tree.leaves(p32), strict=True):
         assert a.dtype == jnp.bfloat16

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from hf_models import hf_logits, max_rel_err, randomize
 
-from llm.interop import UnsupportedConfig, import_gguf, load_model
+from llm.checkpoint import load_model
+from llm.interop import UnsupportedConfig, import_gguf
 from llm.interop.chat_template import ChatTemplate
 from llm.interop.gguf import model_config_from_gguf, unpermute_rows
 from llm.model import forward
@@ -148,7 +149,8 @@ def gguf_model(tmp_path_factory):
     state = write_gguf(model, tok, tmp / "tiny.gguf")
     model.load_state_dict(state)
     import_gguf(tmp / "tiny.gguf", tmp / "ours")
-    return model, tok, tmp / "ours", load_model(tmp / "ours")
+    m = load_model(tmp / "ours")
+    return model, tok, tmp / "ours", (m.config, m.params, m.tokenizer)
 
 
 def test_gguf_logits_match_transformers(gguf_model):

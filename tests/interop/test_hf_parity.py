@@ -17,7 +17,8 @@ import pytest
 from greedy import greedy
 from hf_models import hf_logits, max_rel_err
 
-from llm.interop import export_hf, import_hf, load_model
+from llm.checkpoint import load_model
+from llm.interop import export_hf, import_hf
 from llm.model import forward
 
 IDS = np.random.default_rng(0).integers(0, 300, size=(2, 12)).astype(np.int32)
@@ -29,7 +30,8 @@ def imported(hf_model_dir, tmp_path_factory):
     arch, model, path = hf_model_dir
     out = tmp_path_factory.mktemp(f"ours_{arch}")
     import_hf(path, out)
-    return arch, model, path, out, load_model(out)
+    m = load_model(out)
+    return arch, model, path, out, (m.config, m.params, m.tokenizer)
 
 
 def test_logits_match_transformers(imported):
@@ -69,7 +71,8 @@ def test_round_trip_is_bitwise(imported, tmp_path):
     for name, w in exported.items():
         assert w.dtype == original[name].dtype and np.array_equal(w, original[name]), name
     import_hf(tmp_path / "hf", tmp_path / "again")
-    _, params2, _ = load_model(tmp_path / "again")
+    m = load_model(tmp_path / "again")
+    _, params2, _ = m.config, m.params, m.tokenizer
     leaves1 = jax.tree_util.tree_leaves_with_path(params)
     leaves2 = dict(jax.tree_util.tree_leaves_with_path(params2))
     assert len(leaves1) == len(leaves2)

@@ -16,7 +16,8 @@ import pytest
 from greedy import greedy
 from hf_models import hf_logits, max_rel_err
 
-from llm.interop import import_gguf, load_model
+from llm.checkpoint import load_model
+from llm.interop import import_gguf
 from llm.interop.chat_template import ChatTemplate
 from llm.model import forward
 
@@ -34,7 +35,8 @@ def smollm2_file() -> Path:
 def smol(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2")
     import_gguf(smollm2_file(), out)
-    cfg, params, tok = load_model(out)
+    m = load_model(out)
+    cfg, params, tok = m.config, m.params, m.tokenizer
     chat = ChatTemplate.from_dir(out)
     return cfg, params, tok, chat
 

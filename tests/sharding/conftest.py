@@ -25,15 +25,17 @@ def reference():
 
 @pytest.fixture(scope="session")
 def fsdp_state():
-    """(cfg, plan, tx, state): an AdamW state created in its shards on fsdp=8."""
+    """(cfg, plan, layout, state): an AdamW state created in its shards on fsdp=8."""
     import jax
-    from sharding_fixtures import optimizer, preset_config
+    from sharding_fixtures import preset_config
 
-    from llm.sharding.init import init_train_state, make_plan
+    from llm.sharding.init import make_plan
     from llm.sharding.mesh import make_mesh
+    from llm.train.build import init_train_state, state_layout
+    from llm.train.trainable import Trainable
 
     cfg = preset_config("fsdp")
     plan = make_plan(cfg, make_mesh(cfg.mesh))
-    tx = optimizer(cfg)
-    state = init_train_state(cfg, plan, tx)
-    return cfg, plan, tx, jax.block_until_ready(state)
+    layout = state_layout(cfg, plan, Trainable())
+    state = init_train_state(cfg, layout)
+    return cfg, plan, layout, jax.block_until_ready(state)

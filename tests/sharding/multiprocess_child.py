@@ -20,16 +20,18 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tra
 
 import jax  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
-from sharding_fixtures import batches, optimizer, preset_config  # noqa: E402
+from sharding_fixtures import batches, preset_config  # noqa: E402
 
+from llm.checkpoint import Checkpointer  # noqa: E402
 from llm.data.device import to_device  # noqa: E402
 from llm.sharding.distributed import initialize  # noqa: E402
-from llm.sharding.init import abstract_state, init_train_state, make_plan, state_shardings  # noqa: E402
+from llm.sharding.init import batch_shardings, make_plan  # noqa: E402
 from llm.sharding.mesh import make_mesh  # noqa: E402
-from llm.train.checkpoint import Checkpointer  # noqa: E402
+from llm.train.build import init_train_state, state_layout  # noqa: E402
 from llm.train.losses import make_loss  # noqa: E402
 from llm.train.optim import make_schedule  # noqa: E402
 from llm.train.step import make_train_step  # noqa: E402
+from llm.train.trainable import Trainable  # noqa: E402
 
 
 def main(pid: int, port: int, run_dir: str, out: str) -> None:
@@ -49,26 +51,27 @@ def main(pid: int, port: int, run_dir: str, out: str) -> None:
     # DCN is the outer part of the axis: process 0 holds the first 4 positions
     assert [d.process_index for d in mesh.devices.flat] == [0] * 4 + [1] * 4
     plan = make_plan(cfg, mesh)
-    tx = optimizer(cfg)
-    shardings = state_shardings(cfg, plan, tx)
+    layout = state_layout(cfg, plan, Trainable())
+    loss = make_loss(cfg)
+    put = batch_shardings(plan, loss.batch_axes)
     schedule = make_schedule(cfg.optim, cfg.train.steps)
     step = make_train_step(
-        cfg, make_loss(cfg), tx, schedule, state_shardings=shardings, batch_sharding=plan.batch
+        cfg, loss, layout.tx, schedule, state_shardings=layout.shardings, batch_sharding=put
     )
     rows = cfg.train.batch_size // info.count  # this process's rows of every global batch
     local = [{k: v[pid * rows : (pid + 1) * rows] for k, v in b.items()} for b in batches(cfg, 3)]
-    state, losses = init_train_state(cfg, plan, tx), []
+    state, losses = init_train_state(cfg, layout), []
     for batch in local[:2]:
-        state, metrics = step(state, to_device(batch, plan.batch))
+        state, metrics = step(state, to_device(batch, put))
         losses.append(float(metrics["loss"]))
     ckpt = Checkpointer(run_dir, keep=1, keep_best=0, async_save=False)
     ckpt.save(state, data_state={"index": 2}, meta={})
     ckpt.wait()
     del state
-    restored = ckpt.restore(abstract_state(cfg, plan, tx))
+    restored = ckpt.restore(layout.abstract_sharded())
     state = restored.state
     for batch in local[restored.data_state["index"] :]:
-        state, metrics = step(state, to_device(batch, plan.batch))
+        state, metrics = step(state, to_device(batch, put))
         losses.append(float(metrics["loss"]))
     params = multihost_utils.process_allgather(state.params, tiled=True)
     ckpt.close()

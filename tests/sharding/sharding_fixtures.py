@@ -12,12 +12,13 @@ import numpy as np
 from train_fixtures import SyntheticBatches, tiny_config
 
 from llm.config import Config
-from llm.model import init_params, logical_axes
-from llm.model.functional import abstract_params
+from llm.model import init_params
+from llm.train.build import abstract_split, make_tx
 from llm.train.losses import make_loss
-from llm.train.optim import make_optimizer, make_schedule
+from llm.train.optim import make_schedule
 from llm.train.state import init_state
 from llm.train.step import make_train_step
+from llm.train.trainable import MODEL, Trainable
 
 # preset -> mesh overrides on 8 devices
 MESHES = {
@@ -37,9 +38,8 @@ def preset_config(preset: str, *overrides: str, run_dir: Path | str = "unused") 
 
 
 def optimizer(cfg: Config):
-    return make_optimizer(
-        cfg.optim, cfg.train.steps, abstract_params(cfg.model), logical_axes(cfg.model)
-    )
+    """The run's optimiser over the default trained tree ({"model": every decoder param})."""
+    return make_tx(cfg, abstract_split(cfg, Trainable()))
 
 
 def batches(cfg: Config, n: int) -> list[dict[str, np.ndarray]]:
@@ -50,7 +50,7 @@ def batches(cfg: Config, n: int) -> list[dict[str, np.ndarray]]:
 def reference_run(cfg: Config, n_steps: int) -> tuple[object, list[float], object]:
     """Unsharded (one device, no shardings given): init params, `n_steps` losses, final state."""
     tx = optimizer(cfg)
-    params = init_params(cfg.model, jax.random.key(cfg.train.seed))
+    params = {MODEL: init_params(cfg.model, jax.random.key(cfg.train.seed))}
     params_host = jax.device_get(params)
     state = init_state(params, tx, seed=cfg.train.seed, spike_window=cfg.train.spike_window)
     step = make_train_step(cfg, make_loss(cfg), tx, make_schedule(cfg.optim, cfg.train.steps))

@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 from sharding_fixtures import preset_config
 
-from llm.sharding.init import abstract_state, make_plan
+from llm.checkpoint import Checkpointer
+from llm.sharding.init import make_plan
 from llm.sharding.mesh import make_mesh
-from llm.train.checkpoint import Checkpointer
+from llm.train.build import state_layout
+from llm.train.trainable import Trainable
 
 
 @pytest.fixture(scope="module")
 def saved(fsdp_state, tmp_path_factory):
-    _, _, tx, state = fsdp_state
+    _, _, _, state = fsdp_state
     ckpt = Checkpointer(tmp_path_factory.mktemp("run"), keep=1, keep_best=0, async_save=False)
     ckpt.save(state, data_state={"index": 3}, meta={"note": "fsdp=8"})
     ckpt.wait()
-    return ckpt, tx, jax.device_get(state)
+    return ckpt, jax.device_get(state)
 
 
 @pytest.mark.parametrize(
@@ -30,10 +32,10 @@ def saved(fsdp_state, tmp_path_factory):
     ],
 )
 def test_restore_onto_another_mesh(saved, preset, overrides, n_devices):
-    ckpt, tx, want = saved
+    ckpt, want = saved
     cfg = preset_config("fsdp", f"mesh.rules={preset}", *overrides)
     plan = make_plan(cfg, make_mesh(cfg.mesh, jax.devices()[:n_devices]))
-    target = abstract_state(cfg, plan, tx)
+    target = state_layout(cfg, plan, Trainable()).abstract_sharded()
     restored = ckpt.restore(target)
     assert restored.data_state == {"index": 3}
     for x, t, w in zip(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
-from sharding_fixtures import optimizer, preset_config
+from sharding_fixtures import preset_config
 
-from llm.sharding.init import make_plan, shard_bytes, state_specs
+from llm.sharding.init import make_plan, shard_bytes
 from llm.sharding.mesh import make_mesh
+from llm.train.build import state_layout
+from llm.train.trainable import MODEL, Trainable
 
 # Written by hand from the fsdp_tp row of the rules table (embed -> fsdp; vocab, heads,
 # kv_heads, mlp -> tensor; layers, head_dim, position -> replicated) and the logical names
@@ -35,9 +37,10 @@ def test_golden_param_and_adam_state_specs_fsdp_tp():
     cfg = preset_config("fsdp_tp")
     plan = make_plan(cfg, make_mesh(cfg.mesh))
     assert plan.param_specs == GOLDEN_FSDP_TP
-    specs = state_specs(cfg, plan, optimizer(cfg))
+    specs = state_layout(cfg, plan, Trainable()).specs
+    assert specs.params == {MODEL: GOLDEN_FSDP_TP} and specs.frozen == {}
     adam = specs.opt_state[1][0]  # chain(clip, adamw) -> (scale_by_adam, decay, schedule)
-    assert adam.mu == GOLDEN_FSDP_TP and adam.nu == GOLDEN_FSDP_TP
+    assert adam.mu == {MODEL: GOLDEN_FSDP_TP} and adam.nu == {MODEL: GOLDEN_FSDP_TP}
     assert adam.count == P() and specs.step == P() and specs.rng == P()
     assert plan.batch.spec == P(("data", "fsdp"), None)
 
@@ -63,5 +66,5 @@ def test_sharded_init_equals_reference_and_splits_8_ways(fsdp_state, reference):
         replicated = sum(x.nbytes for x in jax.tree.leaves(tree) if x.sharding.is_fully_replicated)
         assert per_device == (total - replicated) // n + replicated
         assert replicated <= 8
-    specs = jax.tree.map(lambda x: x.sharding.spec, state.params)
+    specs = jax.tree.map(lambda x: x.sharding.spec, state.params[MODEL])
     assert specs["blocks"]["mlp"]["up"]["w"] == P(None, "fsdp", None)

@@ -7,8 +7,10 @@ import pytest
 
 from llm.config import load_config
 from llm.sharding.init import shard_bytes
-from llm.sharding.memory import plan, report
 from llm.sharding.rules import ShardingError
+from llm.train.build import memory_plan as plan
+from llm.train.build import memory_report as report
+from llm.train.trainable import Trainable
 
 LLAMA3_8B_PARAMS = 8_030_261_248  # from configs/llama3_8b.yaml's comment (Meta's count)
 
@@ -19,6 +21,18 @@ def test_plan_equals_the_real_shards(fsdp_state):
     assert p.params == shard_bytes(state.params)[0]
     assert p.optimizer == shard_bytes(state.opt_state)[0]
     assert p.grads == p.params  # float32 params: gradients are the same size
+    assert p.frozen == 0
+
+
+def test_frozen_params_cost_weights_only(fsdp_state):
+    cfg, mesh_plan, _, _ = fsdp_state
+    n = mesh_plan.mesh.devices.size
+    full = plan(cfg, n)
+    part = plan(cfg, n, Trainable(freeze=("token_embed",)))
+    embed = cfg.model.vocab_size * cfg.model.d_model * 4 // n  # float32, split 8 ways on fsdp
+    assert (part.params, part.frozen) == (full.params - embed, embed)
+    assert part.grads == part.params
+    assert part.optimizer == full.optimizer - 2 * embed  # no Adam mu / nu for the embedding
 
 
 def test_llama3_8b_on_256_devices_is_one_256th():
@@ -33,7 +47,7 @@ def test_llama3_8b_on_256_devices_is_one_256th():
     with pytest.raises(ShardingError, match="batch_size=256 is not divisible by the 512"):
         plan(cfg, 512)  # 512 batch shards for 256 rows
     text = report(cfg, 256)
-    assert "fsdp=256" in text and "params per device (float32)" in text
+    assert "fsdp=256" in text and "trained params per device (float32)" in text
     assert jax.device_count() == 8  # computed abstractly: 256 devices were never needed
 
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from sharding_fixtures import MESHES, batches, optimizer, preset_config
+from sharding_fixtures import MESHES, batches, preset_config
 
 from llm.data.device import to_device
 from llm.sharding.constraints import with_activation_sharding
-from llm.sharding.init import make_plan, state_shardings
+from llm.sharding.init import batch_shardings, make_plan
 from llm.sharding.mesh import make_mesh
+from llm.train.build import state_layout
 from llm.train.losses import make_loss
 from llm.train.optim import make_schedule
 from llm.train.state import init_state
 from llm.train.step import make_train_step
+from llm.train.trainable import Trainable
 
 
 @pytest.mark.parametrize("preset", sorted(MESHES))
@@ -33,18 +35,24 @@ def test_sharded_steps_match_unsharded(preset, reference):
     ref_params, ref_losses, ref_state = reference
     cfg = preset_config(preset, "optim.name=sgd")
     plan = make_plan(cfg, make_mesh(cfg.mesh))
-    tx = optimizer(cfg)
-    shardings = state_shardings(cfg, plan, tx)
+    layout = state_layout(cfg, plan, Trainable())
+    tx, shardings = layout.tx, layout.shardings
     start = init_state(ref_params, tx, seed=cfg.train.seed, spike_window=cfg.train.spike_window)
     state = jax.device_put(start, shardings)
-    loss = with_activation_sharding(make_loss(cfg), plan.mesh, plan.rules)
+    loss = make_loss(cfg)
+    put = batch_shardings(plan, loss.batch_axes)
     schedule = make_schedule(cfg.optim, cfg.train.steps)
     step = make_train_step(
-        cfg, loss, tx, schedule, state_shardings=shardings, batch_sharding=plan.batch
+        cfg,
+        with_activation_sharding(loss, plan.mesh, plan.rules),
+        tx,
+        schedule,
+        state_shardings=shardings,
+        batch_sharding=put,
     )
     losses = []
     for batch in batches(cfg, len(ref_losses)):
-        state, metrics = step(state, to_device(batch, plan.batch))
+        state, metrics = step(state, to_device(batch, put))
         losses.append(float(metrics["loss"]))
 
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)

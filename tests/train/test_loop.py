@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from train_fixtures import SyntheticBatches
 
+from llm.checkpoint import Checkpointer
+from llm.config import ConfigError
 from llm.tokenizers import ByteTokenizer
-from llm.train.checkpoint import Checkpointer
 from llm.train.evaluate import evaluate
 from llm.train.loop import TrainingDiverged, train
+from llm.train.losses import CausalLMLoss
 from llm.train.optim import param_paths
 
 
@@ -51,13 +53,12 @@ def test_nan_aborts_and_keeps_the_last_good_checkpoint(tiny):
 
 
 def _like(cfg):
-    from llm.model import init_params, logical_axes
-    from llm.train.optim import make_optimizer
-    from llm.train.state import init_state
+    from llm.sharding import make_mesh
+    from llm.sharding.init import make_plan
+    from llm.train.build import state_layout
+    from llm.train.trainable import Trainable
 
-    params = init_params(cfg.model, jax.random.key(0))
-    tx = make_optimizer(cfg.optim, cfg.train.steps, params, logical_axes(cfg.model))
-    return init_state(params, tx, seed=0, spike_window=cfg.train.spike_window)
+    return state_layout(cfg, make_plan(cfg, make_mesh(cfg.mesh)), Trainable()).abstract_sharded()
 
 
 def test_train_end_to_end_and_evaluate(tiny):
@@ -79,3 +80,16 @@ def test_train_end_to_end_and_evaluate(tiny):
     assert m["loss"] == pytest.approx(val[-1]["loss"], rel=1e-6)
     assert (tmp := cfg.train.run_dir) and (open(tmp + "/config.yaml").read().count("run_dir") == 1)
     assert len(jax.tree.leaves(param_paths(result["params"]))) > 0
+
+
+def test_data_that_cannot_train_is_refused_before_step_1(tiny):
+    mlm = tiny("data.objective=mlm")
+    with pytest.raises(ConfigError, match=r"data.objective: 'mlm' .* loss.name='causal_lm'"):
+        train(mlm, train_batches=SyntheticBatches(8, 16), tokenizer=ByteTokenizer())
+
+    class MaskedLoss(CausalLMLoss):  # a loss that takes masked batches: the mask id is checked
+        name = "masked_test"
+
+    with pytest.raises(ValueError, match=r"mask id 259 .* outside model.vocab_size=259"):
+        train(mlm, train_batches=SyntheticBatches(8, 16), tokenizer=ByteTokenizer(),
+              loss=MaskedLoss(mlm.model))  # fmt: skip

@@ -18,7 +18,7 @@ import pytest
 from test_loop import _like
 from train_fixtures import tiny_config
 
-from llm.train.checkpoint import Checkpointer
+from llm.checkpoint import Checkpointer
 
 CHILD = Path(__file__).parent / "child_train.py"
 N, K = 12, 4  # total steps; checkpoint interval (the kill comes after checkpoint K)

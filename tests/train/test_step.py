@@ -13,14 +13,15 @@ from llm.train.losses import make_loss
 from llm.train.optim import make_optimizer, make_schedule
 from llm.train.state import init_state
 from llm.train.step import make_train_step
+from llm.train.trainable import MODEL
 
 TRACES = []  # one entry per trace of the shared step's loss function
 
 
 def _setup(*overrides, loss_fn=None):
     cfg = tiny_config("unused", *overrides)
-    params = init_params(cfg.model, jax.random.key(0))
-    tx = make_optimizer(cfg.optim, cfg.train.steps, params, logical_axes(cfg.model))
+    params = {MODEL: init_params(cfg.model, jax.random.key(0))}  # everything trainable
+    tx = make_optimizer(cfg.optim, cfg.train.steps, params, {MODEL: logical_axes(cfg.model)})
     scale = cfg.train.loss_scale_init if cfg.model.dtype == "float16" else 1.0
     fresh = lambda: init_state(  # noqa: E731
         jax.tree.map(jnp.copy, params), tx, seed=0, loss_scale=scale,
@@ -37,9 +38,9 @@ def shared():
     """The default tiny step, compiled once for several tests; counts its traces."""
     inner = make_loss(tiny_config("unused"))
 
-    def counting_loss(params, batch, key):
+    def counting_loss(params, frozen, batch, key):
         TRACES.append(1)
-        return inner(params, batch, key)
+        return inner(params, frozen, batch, key)
 
     return _setup(loss_fn=counting_loss)
 
@@ -103,7 +104,7 @@ def test_compiles_once(shared):
 def test_chunked_loss_matches_plain_through_the_model(shared):
     batch = next(SyntheticBatches(8, 16))
     out = []
-    for fresh, step in (shared, _setup("train.loss_chunk_size=24")):
+    for fresh, step in (shared, _setup("loss.chunk_size=24")):
         new, m = step(fresh(), batch)
         out.append((float(m["loss"]), _copy(new.opt_state)))
     np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-6)

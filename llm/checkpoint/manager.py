@@ -1,7 +1,8 @@
 """Checkpoints that survive crashes: orbax, asynchronous, atomic, checked before restoring.
 
 A checkpoint is one orbax step directory `run_dir/checkpoints/<step>/` with three items:
-  state  the TrainState pytree (step, params, optimiser state, RNG, loss scale, spike stats)
+  state  the TrainState pytree (step, params, frozen, optimiser state, RNG, loss scale, spike
+         stats); any dataclass with `step`, `to_dict()` and `from_dict()` works
   data   the data iterator's JSON state, so the token stream continues exactly
   meta   the resolved config, the tokenizer reference and the step's metrics
 
@@ -29,8 +30,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from llm.train.state import TrainState
 from llm.typing import PyTree
+
+STATE, DATA, META = "state", "data", "meta"  # the items of one step directory
+CHECKPOINTS = "checkpoints"  # run_dir/checkpoints/<step>/
 
 
 class CheckpointMismatch(ValueError):
@@ -46,7 +49,7 @@ class Restored:
     """What `Checkpointer.restore` returns."""
 
     step: int
-    state: TrainState
+    state: Any  # the same type as the `like` given to restore (a TrainState)
     data_state: dict[str, Any]
     meta: dict[str, Any]
 
@@ -105,11 +108,11 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.directory = Path(run_dir).absolute() / "checkpoints"
+        self.directory = Path(run_dir).absolute() / CHECKPOINTS
         handlers = {
-            "state": ocp.StandardCheckpointHandler(),
-            "data": ocp.JsonCheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler(),
+            STATE: ocp.StandardCheckpointHandler(),
+            DATA: ocp.JsonCheckpointHandler(),
+            META: ocp.JsonCheckpointHandler(),
         }  # registered up front so a fresh process can read metadata before any restore
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
@@ -121,7 +124,7 @@ class Checkpointer:
 
     def save(
         self,
-        state: TrainState,
+        state: Any,
         *,
         data_state: dict[str, Any],
         meta: dict[str, Any],
@@ -147,7 +150,7 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.close()
 
-    def restore(self, like: TrainState, step: int | None = None) -> Restored | None:
+    def restore(self, like: Any, step: int | None = None) -> Restored | None:
         """The newest readable checkpoint restored into `like`'s structure, or None if none.
 
         A shape/dtype mismatch is a configuration error and is raised at once; any other
@@ -168,7 +171,7 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 check_compatible(expected, self._array_metadata(step))
-                return self._restore_step(step, expected)
+                return self._restore_step(step, expected, type(like))
             except CheckpointMismatch:
                 raise
             except Exception as err:  # unreadable: report and fall back to an older one
@@ -184,12 +187,12 @@ class Checkpointer:
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
         return {path_name(p): (tuple(m.shape), str(m.dtype)) for p, m in leaves}
 
-    def _restore_step(self, step: int, expected: PyTree) -> Restored:
+    def _restore_step(self, step: int, expected: PyTree, kind: type) -> Restored:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(expected),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         )
         out = self._manager.restore(step, args=args)
-        state = TrainState.from_dict(dict(out["state"]))
+        state = kind.from_dict(dict(out[STATE]))
         return Restored(step=step, state=state, data_state=out["data"], meta=out["meta"])

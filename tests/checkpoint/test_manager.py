@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from llm.train.checkpoint import Checkpointer, CheckpointMismatch, NoUsableCheckpoint
+from llm.checkpoint import Checkpointer, CheckpointMismatch, NoUsableCheckpoint
 from llm.train.state import init_state
 
 PARAMS = {"blocks": {"w": jnp.arange(12.0).reshape(3, 4)}, "norm": {"scale": jnp.ones(4)}}

@@ -1,12 +1,4 @@
-"""Pure loss plug-ins: a loss is a function of (params, batch, dropout key), nothing else.
-
-The train step (llm/train/step.py) knows nothing about objectives. A loss returns a
-`LossOutput` holding *sums* over the examples it saw and the weight they carry (tokens for
-language modelling, pairs for preference losses), so that gradient accumulation over
-micro-batches adds sums and divides once: the result equals the big batch exactly (up to
-float rounding order), even when micro-batches hold different numbers of unmasked tokens.
-
-Causal LM cross-entropy, with two optional stabilisers:
+"""Token cross-entropy: the plain reference and the chunked fast path, with two stabilisers:
   * z-loss: `z_coef * logsumexp(logits)^2` per token keeps the softmax normaliser near 1
     (PaLM, Chowdhery et al. 2022, sec. 5).
   * label smoothing: the target is `(1 - eps) * one_hot + eps / V` (Szegedy et al. 2016).
@@ -19,37 +11,12 @@ done with plain XLA). `cross_entropy_plain` is the reference it is tested agains
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from llm.typing import Array, PyTree
-
-Batch = dict[str, Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class LossOutput:
-    """Sums over the examples of one (micro-)batch; the step divides by the total weight.
-
-    total:   scalar, sum of per-example losses that gradients flow through.
-    weight:  scalar, how many examples `total` sums over (unmasked tokens here).
-    metrics: scalar sums to report, divided by the same total weight (e.g. "ce", "z_loss").
-    """
-
-    total: Array
-    weight: Array
-    metrics: dict[str, Array]
-
-
-jax.tree_util.register_dataclass(
-    LossOutput, data_fields=["total", "weight", "metrics"], meta_fields=[]
-)
-
-LossFn = Callable[[PyTree, Batch, Any], LossOutput]
+from llm.typing import Array
 
 
 def token_losses(
@@ -127,56 +94,3 @@ def cross_entropy_chunked(
     )
     (loss, ce), _ = jax.lax.scan(body, (zero, zero), shaped)
     return loss, ce
-
-
-def causal_lm_loss(
-    model_cfg: Any,
-    *,
-    z_coef: float = 0.0,
-    smoothing: float = 0.0,
-    chunk_size: int | None = None,
-) -> LossFn:
-    """Next-token cross-entropy over the batch's `loss_mask`, plus the model's aux losses.
-
-    Aux losses (e.g. MoE load balancing) are per-batch means; they are weighted by the token
-    count so that dividing the accumulated total by the total weight averages them.
-    """
-    from llm.model import forward, unembed
-
-    def loss_fn(params: PyTree, batch: Batch, dropout_key: Any) -> LossOutput:
-        out = forward(
-            model_cfg,
-            params,
-            batch["inputs"],
-            positions_BL=batch.get("positions"),
-            segment_ids_BL=batch.get("segment_ids"),
-            dropout_key=dropout_key,
-            return_logits=chunk_size is None,
-        )
-        targets, mask = batch["targets"], batch["loss_mask"]
-        kw = {"z_coef": z_coef, "smoothing": smoothing}
-        if chunk_size is None:
-            loss, ce = cross_entropy_plain(out.logits_BLV, targets, mask, **kw)
-        else:
-            project = lambda h: unembed(model_cfg, params, h)  # noqa: E731
-            loss, ce = cross_entropy_chunked(
-                project, out.hidden_BLD, targets, mask, chunk_size=chunk_size, **kw
-            )
-        weight = jnp.sum(mask.astype(jnp.float32))
-        metrics = {"ce": ce}
-        for name, value in out.aux_losses.items():
-            loss = loss + value * weight
-            metrics[name] = value * weight
-        return LossOutput(total=loss, weight=weight, metrics=metrics)
-
-    return loss_fn
-
-
-def make_loss(cfg: Any) -> LossFn:
-    """The loss plug-in named by `cfg.train.loss`, configured from `cfg.train`."""
-    t = cfg.train
-    if t.loss == "causal_lm":
-        return causal_lm_loss(
-            cfg.model, z_coef=t.z_loss, smoothing=t.label_smoothing, chunk_size=t.loss_chunk_size
-        )
-    raise ValueError(f"train.loss: unknown loss {t.loss!r}")

@@ -1,0 +1,52 @@
+"""The `loss:` section: a tagged union of per-loss configs, chosen by `loss.name`.
+
+    loss:
+      name: causal_lm        # picks CausalLMLossConfig; its own fields follow
+      z_loss: 1.0e-4
+
+Each loss owns its fields, so a DPO beta never sits beside a z-loss coefficient. A new loss
+adds a `@config_class` here with `name: Literal["its_name"]`, joins `LossConfig`, and
+registers its builder in `llm.train.losses` (the names must agree; a test checks).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import pydantic
+
+from llm.config.base import check, config_class
+
+
+@config_class
+class CausalLMLossConfig:
+    """Next-token cross-entropy over the batch's `loss_mask` (pretraining, SFT)."""
+
+    name: Literal["causal_lm"] = "causal_lm"  # the loss this section configures
+    z_loss: float = 0.0  # weight of the z-loss log(Z)^2 per token (PaLM uses 1e-4)
+    label_smoothing: float = 0.0  # probability mass spread uniformly over the vocabulary
+    chunk_size: int | None = None  # tokens per chunk of chunked cross-entropy; null = plain
+
+    def __post_init__(self) -> None:
+        check(self.z_loss >= 0, "z_loss", "must be non-negative")
+        check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        check(
+            self.chunk_size is None or self.chunk_size > 0, "chunk_size", "must be positive or null"
+        )
+
+
+DEFAULT_LOSS = "causal_lm"  # what a `loss:` section without `name` configures
+
+
+def _tag(value: object) -> str | None:
+    if isinstance(value, dict):
+        return value.get("name", DEFAULT_LOSS)
+    return getattr(value, "name", None)
+
+
+# the tagged union: pydantic picks the member by `name` and reports unknown names
+LossConfig = Annotated[
+    Annotated[CausalLMLossConfig, pydantic.Tag("causal_lm")],
+    pydantic.Discriminator(_tag),
+]
+LOSS_CONFIGS: dict[str, type] = {"causal_lm": CausalLMLossConfig}

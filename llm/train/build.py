@@ -1,0 +1,134 @@
+"""The train state of a run, laid out on the mesh and created in its shards.
+
+    layout = state_layout(cfg, plan, trainable)       # abstract state, specs, optimiser
+    state = init_train_state(cfg, layout)             # fresh weights, each leaf sharded
+    state = init_train_state(cfg, layout, loaded)     # warm start: given model weights
+    step = make_train_step(cfg, loss, layout.tx, schedule,
+                           state_shardings=layout.shardings, batch_sharding=...)
+
+Initialisation is `jax.jit(build, out_shardings=...)`: the partitioner gives each device
+only the slice of the RNG computation that produces its own shard (threefry is
+partitionable by default since JAX 0.5), so no host or device ever holds the full model.
+A warm start passes the loaded model params in (already placed in their shards by the
+loader) and only splits them and builds fresh optimiser state.
+
+Only `params` reaches the optimiser (its state, decay masks and clipping); `frozen` is carried
+through with its own specs. The decoder is initialised from the run's seed exactly as it was
+before trainable/frozen existed, so pretraining is bit for bit unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import PartitionSpec
+
+from llm.config import Config
+from llm.model import init_params, logical_axes
+from llm.model.functional import abstract_params
+from llm.sharding import memory
+from llm.sharding import rules as R
+from llm.sharding.init import ShardingPlan, opt_state_specs, tree_specs
+from llm.train.optim import make_optimizer
+from llm.train.state import TrainState, init_state
+from llm.train.trainable import Split, Trainable
+from llm.typing import PyTree
+
+EXTRA_KEY = 1  # extra components are built from fold_in(seed key, EXTRA_KEY)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Everything about a run's TrainState that is known before any array exists."""
+
+    trainable: Trainable
+    split: Split  # abstract params / frozen trees and their logical axes
+    tx: optax.GradientTransformation
+    abstract: TrainState  # ShapeDtypeStructs
+    specs: TrainState  # mesh PartitionSpecs
+    shardings: TrainState  # NamedShardings: the step's in/out shardings, restore targets
+
+    def abstract_sharded(self) -> TrainState:
+        """ShapeDtypeStructs with shardings: what `Checkpointer.restore` fills on this mesh."""
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract,
+            self.shardings,
+        )
+
+
+def abstract_split(cfg: Config, trainable: Trainable) -> Split:
+    """The run's (params, frozen) as ShapeDtypeStructs, with their logical axes."""
+    model = abstract_params(cfg.model)
+    trainable.check(model)
+    return trainable.split(model, logical_axes(cfg.model))
+
+
+def make_tx(cfg: Config, split: Split) -> optax.GradientTransformation:
+    """The optimiser over the trained tree only."""
+    return make_optimizer(cfg.optim, cfg.train.steps, split.params, split.params_axes)
+
+
+def _builder(cfg: Config, trainable: Trainable, tx: optax.GradientTransformation):
+    t = cfg.train
+    scale = t.loss_scale_init if cfg.model.dtype == "float16" else 1.0
+    axes = logical_axes(cfg.model)
+
+    def build(key: jax.Array, loaded: PyTree | None = None) -> TrainState:
+        model = init_params(cfg.model, key) if loaded is None else loaded
+        split = trainable.split(model, axes, key=jax.random.fold_in(key, EXTRA_KEY))
+        return init_state(
+            split.params,
+            tx,
+            seed=t.seed,
+            loss_scale=scale,
+            spike_window=t.spike_window,
+            frozen=split.frozen,
+        )
+
+    return build
+
+
+def state_layout(cfg: Config, plan: ShardingPlan, trainable: Trainable) -> StateLayout:
+    """Abstract state, mesh specs and shardings of the run (raises on a bad `freeze`)."""
+    split = abstract_split(cfg, trainable)
+    tx = make_tx(cfg, split)
+    abstract = jax.eval_shape(_builder(cfg, trainable, tx), jax.random.key(0))
+    params_specs = tree_specs(plan, split.params_axes)
+    R.check_divisible(abstract.params, params_specs, dict(plan.mesh.shape))
+    frozen_specs = tree_specs(plan, split.frozen_axes)
+    R.check_divisible(abstract.frozen, frozen_specs, dict(plan.mesh.shape))
+    replicated = jax.tree.map(lambda _: PartitionSpec(), abstract)
+    specs = dataclasses.replace(
+        replicated,
+        params=params_specs,
+        frozen=frozen_specs,
+        opt_state=opt_state_specs(abstract.opt_state, abstract.params, params_specs),
+    )
+    shardings = R.named(plan.mesh, specs)
+    return StateLayout(trainable, split, tx, abstract, specs, shardings)
+
+
+def init_train_state(cfg: Config, layout: StateLayout, loaded: PyTree | None = None) -> TrainState:
+    """A step-0 TrainState created in its shards: fresh (seed `train.seed`) or from `loaded`."""
+    build = _builder(cfg, layout.trainable, layout.tx)
+    key = jax.random.key(cfg.train.seed)
+    if loaded is None:
+        return jax.jit(build, out_shardings=layout.shardings)(key)
+    return jax.jit(build, out_shardings=layout.shardings)(key, loaded)
+
+
+def memory_plan(cfg: Config, n_devices: int, trainable: Trainable | None = None) -> Any:
+    """Per-device bytes of this run on `n_devices` (llm.sharding.memory), abstractly."""
+    split = abstract_split(cfg, trainable or Trainable(freeze=cfg.train.freeze))
+    opt = jax.eval_shape(make_tx(cfg, split).init, split.params)
+    return memory.plan(cfg, n_devices, split.params, split.params_axes,
+                       split.frozen, split.frozen_axes, opt)  # fmt: skip
+
+
+def memory_report(cfg: Config, n_devices: int) -> str:
+    """The `llm train --dry_run` memory table."""
+    return memory.report(cfg, memory_plan(cfg, n_devices))

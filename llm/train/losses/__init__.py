@@ -1,0 +1,59 @@
+"""The loss registry: `loss.name` in the config picks a builder registered here.
+
+    loss = make_loss(cfg)                          # from cfg.loss and cfg.model
+    out = loss(params, frozen, batch, key)         # LossOutput of sums
+    metrics = loss.evaluate(params, frozen, val_batches, tokenizer=tok)
+
+A loss written in Python (a notebook, a test) needs no registration: pass the object to
+`llm.train.train(cfg, loss=...)`. Registering makes it reachable from YAML: add its config
+class to `llm/config/loss.py` and `register_loss("its_name", builder)` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llm.ops.cross_entropy import (
+    cross_entropy_chunked,
+    cross_entropy_plain,
+    token_losses,
+)
+from llm.train.losses.base import Batch, Loss, LossFn, LossOutput, check_batch_leaves
+from llm.train.losses.causal_lm import CausalLMLoss
+
+Builder = Callable[[Any, Any], Loss]  # (loss config section, ModelConfig) -> Loss
+LOSSES: dict[str, Builder] = {}
+
+
+def register_loss(name: str, builder: Builder) -> None:
+    if name in LOSSES:
+        raise ValueError(f"loss {name!r} is already registered")
+    LOSSES[name] = builder
+
+
+register_loss("causal_lm", CausalLMLoss.from_config)
+
+
+def make_loss(cfg: Any) -> Loss:
+    """The loss named by `cfg.loss.name`, configured from `cfg.loss` and `cfg.model`."""
+    name = cfg.loss.name
+    if name not in LOSSES:
+        raise ValueError(f"loss.name: no loss {name!r} is registered ({sorted(LOSSES)})")
+    return LOSSES[name](cfg.loss, cfg.model)
+
+
+__all__ = [
+    "LOSSES",
+    "Batch",
+    "CausalLMLoss",
+    "Loss",
+    "LossFn",
+    "LossOutput",
+    "check_batch_leaves",
+    "cross_entropy_chunked",
+    "cross_entropy_plain",
+    "make_loss",
+    "register_loss",
+    "token_losses",
+]

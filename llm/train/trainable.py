@@ -1,0 +1,152 @@
+"""What a run trains: a `params` tree (differentiated, optimised) and a `frozen` tree (read).
+
+    split = Trainable(freeze=("embed",)).split(model_params, model_axes)
+    split.params   # {"model": {...everything but the embedding...}}
+    split.frozen   # {"model": {"embed": ...}}
+    model = model_params(split.params, split.frozen)   # the decoder's full tree again
+
+Both trees are dicts of *components*. The decoder's params are the component `"model"`; a run
+that fine-tunes part of it has `"model"` in both trees with disjoint leaves. Other components
+sit beside it under their own names: a value or classification head, an adapter keyed like the
+params it adapts, a reference policy or teacher (frozen), a pruning mask. The base tree keeps
+its paths, so an adapter or mask names the leaves it applies to (STYLE.md, post-training).
+
+Why two trees and not a mask over one: only `params` goes through `jax.grad` and the
+optimiser, so frozen leaves get no gradient buffer, no optimiser moments and no update at all
+(not a zero update), and a frozen reference model costs its weights and nothing more. Every
+leaf of both trees carries logical axes, so the one rules table shards them alike.
+
+The default (`Trainable()`) is pretraining: every decoder param trainable, nothing frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+
+from llm.typing import PyTree
+
+MODEL = "model"  # the decoder's component in the params / frozen trees
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """An extra tree beside the decoder: built from a key (fresh) or given (loaded).
+
+    build: key -> tree (traced under jit, so it is created directly in its shards).
+    axes: the tree's logical axes, a tree of `PartitionSpec`s of the same structure.
+    trainable: into `params` (True) or `frozen` (False).
+    """
+
+    build: Callable[[jax.Array], PyTree]
+    axes: PyTree
+    trainable: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The two trees of a run and their logical axes (same structures)."""
+
+    params: PyTree
+    frozen: PyTree
+    params_axes: PyTree
+    frozen_axes: PyTree
+
+
+def path_of(keys: tuple[Any, ...]) -> str:
+    """"blocks/attn/w_q" from a pytree key path (the names `freeze` patterns match)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
+def _partition(tree: PyTree, keep: Callable[[str], bool], prefix: str = "") -> tuple[dict, dict]:
+    """(leaves where keep(path), the others) of a nested dict, empty sub-dicts dropped."""
+    yes, no = {}, {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            a, b = _partition(value, keep, path + "/")
+            if a:
+                yes[key] = a
+            if b:
+                no[key] = b
+        elif keep(path):
+            yes[key] = value
+        else:
+            no[key] = value
+    return yes, no
+
+
+def merge(a: PyTree, b: PyTree, where: str = "") -> dict:
+    """The union of two nested dicts with disjoint leaves (inverse of the split)."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, Mapping) and isinstance(out[key], Mapping):
+            out[key] = merge(out[key], value, f"{where}{key}/")
+        else:
+            raise ValueError(f"{where}{key} is in both the trainable and the frozen tree")
+    return out
+
+
+def model_params(params: PyTree, frozen: PyTree) -> PyTree:
+    """The decoder's full param tree: its trainable and frozen leaves merged back."""
+    return merge(params.get(MODEL, {}), frozen.get(MODEL, {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+    """Which decoder params are frozen (regexes on their paths), plus extra components."""
+
+    freeze: tuple[str, ...] = ()
+    extra: Mapping[str, Component] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if MODEL in self.extra:
+            raise ValueError(f"extra component name {MODEL!r} is the decoder's own")
+
+    def is_frozen(self, path: str) -> bool:
+        return any(re.search(p, path) for p in self.freeze)
+
+    def check(self, model_tree: PyTree) -> None:
+        """Every pattern must match some param, and something must stay trainable."""
+        paths = [path_of(p) for p, _ in jax.tree_util.tree_flatten_with_path(model_tree)[0]]
+        for pattern in self.freeze:
+            if not any(re.search(pattern, p) for p in paths):
+                raise ValueError(
+                    f"train.freeze: {pattern!r} matches no model param; params are named like "
+                    f"{', '.join(paths[:4])}"
+                )
+        if all(self.is_frozen(p) for p in paths) and not any(
+            c.trainable for c in self.extra.values()
+        ):
+            raise ValueError("train.freeze: every param is frozen; nothing would be trained")
+
+    def split(self, model_tree: PyTree, model_axes: PyTree, key: jax.Array | None = None) -> Split:
+        """(params, frozen) and their axes; `key` builds the extra components (under jit)."""
+        frozen_m, train_m = _partition(model_tree, self.is_frozen)
+        frozen_ax, train_ax = _partition(model_axes, self.is_frozen)
+        params, frozen = _component(train_m), _component(frozen_m)
+        params_axes, frozen_axes = _component(train_ax), _component(frozen_ax)
+        keys = jax.random.split(key, max(len(self.extra), 1)) if key is not None else None
+        for i, (name, comp) in enumerate(sorted(self.extra.items())):
+            if keys is not None:
+                tree = comp.build(keys[i])
+            else:
+                tree = jax.eval_shape(comp.build, jax.random.key(0))
+            (params if comp.trainable else frozen)[name] = tree
+            (params_axes if comp.trainable else frozen_axes)[name] = comp.axes
+        return Split(params, frozen, params_axes, frozen_axes)
+
+
+def _component(tree: dict) -> dict:
+    return {MODEL: tree} if tree else {}
+
+
+def from_config(freeze: tuple[str, ...]) -> Trainable:
+    """The `train.freeze` description (no extra components: those come from Python)."""
+    return Trainable(freeze=tuple(freeze))
