@@ -2,14 +2,12 @@
 
 Prints perplexity and bits per byte on the run's validation split, the out-of-domain corpus
 and any `--data` corpora, then a few samples. See docs/training.md.
+The same as `llm eval ...`, errors included (one line, exit status 2 for bad input).
 """
 
-import argparse
 import sys
 
-from llm.commands import eval as eval_command
+from llm.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    eval_command.add_arguments(parser)
-    sys.exit(eval_command.run(parser.parse_args()))
+    sys.exit(main(["eval", *sys.argv[1:]]))

@@ -2,14 +2,12 @@
 
 With no arguments, trains configs/default.yaml (a small model on Shakespeare, about ten
 minutes on 2 CPU cores), evaluates it and prints a sample. See docs/training.md.
+The same as `llm train ...`, errors included (one line, exit status 2 for bad input).
 """
 
-import argparse
 import sys
 
-from llm.commands import train
+from llm.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    train.add_arguments(parser)
-    sys.exit(train.run(parser.parse_args()))
+    sys.exit(main(["train", *sys.argv[1:]]))

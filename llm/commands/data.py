@@ -3,12 +3,14 @@
 llm data prepare                   # download/cache the corpus, tokenize it, print statistics
 llm data report                    # what each cleaning / dedup stage removed
 llm data tokenize --out DIR        # write pre-tokenized shards; then data.corpus=DIR reads them
+
+Bad input (a missing corpus, a malformed line) is one line naming the file, exit status 2; a
+failed download of a built-in corpus exits 1 (see llm/cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from llm.cli_args import add_config_args, config_from_args
@@ -44,29 +46,25 @@ def load_tokenizer_for(name: str):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llm.data import CorpusDownloadError, ShardError, SourceError, load_shards
+    from llm.data import load_shards
     from llm.data.tokenized import build_shards
 
     cfg = config_from_args(args)
-    try:
-        tokenizer = load_tokenizer_for(cfg.data.tokenizer)
-        if args.action == "tokenize":
-            report = build_shards(cfg.data, cfg.data.corpus, tokenizer, Path(args.out))
-            print(report.format())
-            print(f"wrote shards to {args.out}; train on them with data.corpus={args.out}")
-            return 0
-        corpora = [False] + ([True] if cfg.data.eval_corpus else [])
-        for ood in corpora:
-            start = time.perf_counter()
-            shards, report, key = load_shards(cfg.data, tokenizer, ood=ood)
-            if args.action == "report":
-                print(report.format() + "\n")
-                continue
-            seconds = time.perf_counter() - start
-            print(f"corpus {report.source} (cache key {key}, ready in {seconds:.1f} s):")
-            for name, shard in shards.items():
-                print(f"  {name:<11} {shard.num_docs:>6} documents {shard.num_tokens:>12,} tokens")
-    except (CorpusDownloadError, SourceError, ShardError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    tokenizer = load_tokenizer_for(cfg.data.tokenizer)
+    if args.action == "tokenize":
+        report = build_shards(cfg.data, cfg.data.corpus, tokenizer, Path(args.out))
+        print(report.format())
+        print(f"wrote shards to {args.out}; train on them with data.corpus={args.out}")
+        return 0
+    corpora = [False] + ([True] if cfg.data.eval_corpus else [])
+    for ood in corpora:
+        start = time.perf_counter()
+        shards, report, key = load_shards(cfg.data, tokenizer, ood=ood)
+        if args.action == "report":
+            print(report.format() + "\n")
+            continue
+        seconds = time.perf_counter() - start
+        print(f"corpus {report.source} (cache key {key}, ready in {seconds:.1f} s):")
+        for name, shard in shards.items():
+            print(f"  {name:<11} {shard.num_docs:>6} documents {shard.num_tokens:>12,} tokens")
     return 0

@@ -67,7 +67,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
                    help=f"tokens to generate at most (default: {DEFAULT_MAX_NEW_TOKENS}, or "
                    "what the context leaves if less)")  # fmt: skip
     for flag, (field, kind, default, text) in SAMPLING_FLAGS.items():
-        g.add_argument(flag, dest=field, type=kind, default=default, help=text)
+        g.add_argument(flag, dest=field, type=kind, default=default, help=text,
+                       metavar=flag[2:].upper().replace("-", "_"))  # fmt: skip
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 

@@ -31,18 +31,17 @@ def read_curves(path: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    path = Path(args.run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: give a training run directory")
     try:
         import matplotlib
     except ImportError:
-        print("error: llm plot needs matplotlib (pip install 'matplotlib>=3.8')")
-        return 2
+        raise ImportError("llm plot needs matplotlib: pip install 'matplotlib>=3.8' "
+                          "(or the [plot] extra)", name="matplotlib") from None  # fmt: skip
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(args.run_dir) / "metrics.jsonl"
-    if not path.exists():
-        print(f"error: {path} does not exist")
-        return 2
     out = Path(args.out) if args.out else Path(args.run_dir) / "loss.png"
     fig, ax = plt.subplots(figsize=(7, 4))
     for split, (steps, losses) in read_curves(path).items():

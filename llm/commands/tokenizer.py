@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 
+from llm.cli_args import UsageError, finite_float, int_at_least, refuse
 from llm.tokenizers.train import ALGORITHMS
 
 
@@ -26,63 +27,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "files", nargs="+", help="UTF-8 text files (read line by line), or 'shakespeare'/'milton'"
     )
     train.add_argument("--algo", choices=ALGORITHMS, default="spm-unigram")
-    train.add_argument("--vocab-size", type=int, required=True, help="tokens, specials included")
+    train.add_argument("--vocab-size", type=int_at_least(1), required=True,
+                       help="tokens, specials included")  # fmt: skip
     train.add_argument("--out", required=True, help="output path (.json/.model added if absent)")
-    train.add_argument("--min-frequency", type=int, default=0, help="bpe/wordpiece: min pair count")
+    train.add_argument("--min-frequency", type=int_at_least(0), default=None,
+                       help="bpe/wordpiece: min pair count (default 0)")  # fmt: skip
     train.add_argument(
         "--character-coverage",
-        type=float,
+        type=finite_float,
         default=None,
         help="spm-*/unigram: share of character occurrences kept as pieces",
     )
-    train.set_defaults(func=_friendly(run_train))
+    train.set_defaults(func=run_train)
 
     encode = sub.add_parser("encode", help="print the ids (and pieces) of a text")
     encode.add_argument("text", nargs="?", help="text to encode (default: read stdin)")
     encode.add_argument("--tokenizer", required=True, help="'byte', a .model or tokenizer.json")
     encode.add_argument("--pieces", action="store_true", help="also print each id's piece")
-    encode.set_defaults(func=_friendly(run_encode))
+    encode.set_defaults(func=run_encode)
 
     decode = sub.add_parser("decode", help="print the text of token ids")
     decode.add_argument("ids", nargs="+", type=int)
     decode.add_argument("--tokenizer", required=True, help="'byte', a .model or tokenizer.json")
-    decode.set_defaults(func=_friendly(run_decode))
+    decode.set_defaults(func=run_decode)
 
     inspect = sub.add_parser("inspect", help="vocabulary size, special ids, a sample encoding")
     inspect.add_argument("tokenizer", help="'byte', a .model or tokenizer.json")
     inspect.add_argument("--sample", default="Hello, world! Wherefore art thou?")
-    inspect.set_defaults(func=_friendly(run_inspect))
-
-
-def _friendly(run):
-    """Bad input (missing file, bad spec, invalid UTF-8) prints one line and exits 2."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"llm tokenizer {args.action}: {e}", file=sys.stderr)
-            return 2
-
-    return wrapped
+    inspect.set_defaults(func=run_inspect)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Trains, then says how many tokens the tokenizer really has (too little text gives
+    fewer than --vocab-size: the trainers stop when nothing is left to merge or keep)."""
+    from llm.tokenizers import load_tokenizer
     from llm.tokenizers.train import train_tokenizer
 
+    check_train_arguments(args)
     start = time.perf_counter()
     out = train_tokenizer(
         args.algo,
         args.files,
         args.vocab_size,
         args.out,
-        min_frequency=args.min_frequency,
+        min_frequency=args.min_frequency or 0,
         character_coverage=args.character_coverage,
         log=lambda line: print(line, file=sys.stderr),
     )
-    print(f"trained {args.algo} ({args.vocab_size} tokens) in {time.perf_counter() - start:.1f}s")
+    seconds = time.perf_counter() - start
+    size = load_tokenizer(str(out)).vocab_size
+    print(f"trained {args.algo} ({size} tokens) in {seconds:.1f}s")
+    if size < args.vocab_size:
+        print(f"note: {size} tokens, not the {args.vocab_size} asked for: the text has no more "
+              "to learn; give more text for a larger vocabulary")  # fmt: skip
     print(f"saved {out}  (use it with: data.tokenizer={out})")
     return 0
+
+
+def check_train_arguments(args: argparse.Namespace) -> None:
+    """Options of one family of trainers are refused for the others, not ignored."""
+    refuse([
+        (args.min_frequency is not None and args.algo not in ("bpe", "wordpiece"),
+         f"--min-frequency applies to bpe and wordpiece, not {args.algo}"),
+        (args.character_coverage is not None and args.algo in ("bpe", "wordpiece"),
+         f"--character-coverage applies to spm-bpe, spm-unigram and unigram, not {args.algo}"),
+        (args.character_coverage is not None and not 0 < args.character_coverage <= 1,
+         f"--character-coverage {args.character_coverage} must be in (0, 1]"),
+    ])  # fmt: skip
 
 
 def _piece(tok, i: int) -> str:
@@ -96,7 +107,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from llm.tokenizers import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = args.text if args.text is not None else _read_stdin()
     ids = tok.encode(text)
     print(" ".join(map(str, ids)))
     if args.pieces:
@@ -105,14 +116,19 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as err:
+        raise UsageError(f"stdin is not valid UTF-8 (byte {err.start}: {err.reason})") from None
+
+
 def run_decode(args: argparse.Namespace) -> int:
     from llm.tokenizers import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     bad = [i for i in args.ids if not 0 <= i < tok.vocab_size]
-    if bad:
-        print(f"ids out of range [0, {tok.vocab_size}): {bad}", file=sys.stderr)
-        return 2
+    refuse([(bad, f"ids out of range [0, {tok.vocab_size}) of {args.tokenizer}: {bad[:8]}")])
     print(tok.decode(args.ids))
     return 0
 

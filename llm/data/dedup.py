@@ -15,6 +15,8 @@ its earliest document.
 
 Written with numpy rather than `datasketch` so the whole algorithm is readable in one screen;
 `near_duplicates_reference` (all pairs, exact Jaccard) is the plain reference the tests use.
+Signatures stream a document's shingles in batches with a running minimum, so memory stays
+bounded by one batch (about 64k characters of text) even for a document of one huge line.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 
 _WORD_RE = re.compile(r"\w+")
+# ASCII characters that are not word characters, not cased and not case-ignorable: safe cuts
+_CUT_RE = re.compile(r"[\s!\"#$%&()*+,\-/;<=>?@\[\\\]{|}~]")
+CHUNK_CHARS = 1 << 16  # characters per piece of a long document (about 10k shingles)
 
 
 def exact_duplicates(texts: list[str]) -> list[int]:
@@ -46,6 +52,36 @@ def shingles(text: str, k: int) -> set[str]:
     if len(words) <= k:
         return {" ".join(words)}
     return {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+
+
+def shingle_batches(text: str, k: int, chunk_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
+    """`shingles(text, k)` (with repeats) in batches from pieces of about `chunk_chars`, so a
+    document of one huge line never has all its words, shingles or hashes in memory at once.
+
+    Pieces are cut before a `_CUT_RE` character: it is never part of a word, and `str.lower`'s
+    one context rule (a final sigma) stops at it, so lowering and splitting each piece gives
+    the words of the whole text; the last k - 1 words carry over into the next piece."""
+    carry: list[str] = []
+    emitted = False
+    for piece in _pieces(text, chunk_chars):
+        words = carry + _WORD_RE.findall(piece.lower())
+        if len(words) >= k:
+            yield [" ".join(words[i : i + k]) for i in range(len(words) - k + 1)]
+            emitted = True
+        carry = words[max(len(words) - k + 1, 0) :]
+    if not emitted:  # fewer than k words in all: the whole text is one shingle
+        yield [" ".join(carry)]
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    start = 0
+    while len(text) - start > size:
+        cut = _CUT_RE.search(text, start + size)
+        if cut is None:
+            break
+        yield text[start : cut.start()]
+        start = cut.start()
+    yield text[start:]
 
 
 def _hash64(items: set[str]) -> np.ndarray:
@@ -70,8 +106,11 @@ def minhash_signature(text: str, k: int, perms: int, seed: int = 0) -> np.ndarra
     functions are too correlated and the Jaccard estimate is biased: a test caught it.)
     """
     salts = np.random.default_rng(seed).integers(0, 2**63, size=perms, dtype=np.uint64)
-    x = _hash64(shingles(text, k))
-    return _mix64(salts[:, None] ^ x[None, :]).min(axis=1)
+    signature = np.full(perms, np.iinfo(np.uint64).max, np.uint64)
+    for batch in shingle_batches(text, k):  # a running minimum: memory bounded by one batch
+        x = _hash64(set(batch))
+        signature = np.minimum(signature, _mix64(salts[:, None] ^ x[None, :]).min(axis=1))
+    return signature
 
 
 def near_duplicates(

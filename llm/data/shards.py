@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import grain
@@ -53,26 +53,34 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_shard(
     out_dir: str | Path,
     texts: Sequence[str],
-    encode: Callable[[str], list[int]],
+    encode: Callable[[str], Iterable[Sequence[int]]],
     vocab_size: int,
     threads: int = 2,
 ) -> TokenShard:
-    """Tokenizes `texts` in order (`encode` adds any BOS/EOS) into a shard folder."""
+    """Tokenizes `texts` in order into a shard folder.
+
+    `encode(text)` gives a document's ids (BOS/EOS included) as consecutive pieces: a list of
+    one piece, computed in a worker thread, or a lazy iterator of pieces for a huge document,
+    each written as it comes so that the whole document's ids are never in memory at once."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(vocab_size)
-    ds = grain.MapDataset.source(list(texts)).map(lambda t: np.asarray(encode(t), dtype=np.int64))
+    ds = grain.MapDataset.source(list(texts)).map(encode)
     options = grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=64)
     lengths = []
     with (out / "tokens.bin").open("wb") as f:
-        for i, ids in enumerate(ds.to_iter_dataset(options)):
-            if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-                bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
-                raise ShardError(
-                    f"document {i}: token id {bad} outside vocabulary [0, {vocab_size})"
-                )
-            f.write(ids.astype(dtype).tobytes())
-            lengths.append(ids.size)
+        for i, pieces in enumerate(ds.to_iter_dataset(options)):
+            n = 0
+            for piece in pieces:
+                ids = np.asarray(piece, dtype=np.int64)
+                if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+                    bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+                    raise ShardError(
+                        f"document {i}: token id {bad} outside vocabulary [0, {vocab_size})"
+                    )
+                f.write(ids.astype(dtype).tobytes())
+                n += ids.size
+            lengths.append(n)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
     np.save(out / "offsets.npy", offsets)
     meta = {

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from llm.config import DataConfig
 from llm.data.corpora import BUILTIN, SDIST, cache_dir
@@ -23,6 +26,7 @@ from llm.data.corpus import CorpusReport, prepare_documents, split_documents
 from llm.data.shards import ShardError, TokenShard, read_shard, write_shard
 from llm.data.sources import resolve_files
 from llm.tokenizers import Tokenizer
+from llm.tokenizers.long_text import CHUNK_CHARS, encode_pieces
 
 # DataConfig fields that do not change the tokens of any split (only how batches are drawn).
 _BATCH_ONLY_FIELDS = {
@@ -80,9 +84,16 @@ def cache_key(cfg: DataConfig, spec: str, tokenizer: Tokenizer, ood: bool) -> st
 
 
 def tokenize_documents(texts: list[str], tokenizer: Tokenizer, cfg: DataConfig, out: Path):
+    """One shard of `texts`; a document over CHUNK_CHARS characters is encoded and written
+    piece by piece (`encode_pieces`: the same ids), so its size does not multiply in memory."""
     bos = [tokenizer.bos_id] if cfg.add_bos else []
     eos = [tokenizer.eos_id] if cfg.add_eos else []
-    encode = lambda text: bos + tokenizer.encode(text) + eos  # noqa: E731
+
+    def encode(text: str):
+        if len(text) <= CHUNK_CHARS:  # whole, as an array: converted in the worker thread
+            return [np.asarray(bos + tokenizer.encode(text) + eos, dtype=np.int64)]
+        return itertools.chain([bos], encode_pieces(tokenizer, text, CHUNK_CHARS), [eos])
+
     return write_shard(out, texts, encode, tokenizer.vocab_size, cfg.read_threads)
 
 

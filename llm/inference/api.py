@@ -15,7 +15,8 @@ import uuid
 from typing import Any
 
 from llm.inference.engine import StopCriteria
-from llm.inference.sampling import SamplingParams
+from llm.inference.loading import chat_stops
+from llm.inference.sampling import SamplingError, SamplingParams
 from llm.tokenizers.chat import ROLES, apply_chat
 
 MAX_STOP_STRINGS = 4
@@ -95,7 +96,9 @@ def parse(body: dict[str, Any], tokenizer: Any, limits: Limits, *, chat: bool) -
                        f"{limits.max_prompt_tokens}", param="messages" if chat else "prompt",
                        code="context_length_exceeded")  # fmt: skip
     max_key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    max_new = _get(body, max_key, int, limits.max_new_tokens)
+    # unset: the server's limit, or what the context leaves if less (a default, not a request)
+    room = min(limits.max_new_tokens, limits.context - len(ids))
+    max_new = _get(body, max_key, int, max(room, 1))
     if not 1 <= max_new <= limits.max_new_tokens:
         raise ApiError(400, f"{max_key}={max_new} must be in [1, {limits.max_new_tokens}]",
                        param=max_key)  # fmt: skip
@@ -106,8 +109,6 @@ def parse(body: dict[str, Any], tokenizer: Any, limits: Limits, *, chat: bool) -
     stops = _stop_strings(body)
     stop_ids = (tokenizer.eos_id,)
     if chat:
-        from llm.inference.loading import chat_stops
-
         stop_ids, turn_strings = chat_stops(tokenizer)
         stops = (*stops, *turn_strings)
     options = _get(body, "stream_options", dict, {})
@@ -195,8 +196,8 @@ def _sampling(body: dict[str, Any]) -> SamplingParams:
         values["seed"] = uuid.uuid4().int % 2**32  # unseeded requests differ from each other
     try:
         return SamplingParams(**values)
-    except ValueError as err:
-        raise ApiError(400, str(err)) from None
+    except SamplingError as err:
+        raise ApiError(400, str(err), param=err.problems[0][0]) from None
 
 
 def completion_object(

@@ -10,8 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from llm.checkpoint import LoadedModel, load_model
 from llm.config import Config
+from llm.model import init_params
+from llm.tokenizers import load_tokenizer
 from llm.tokenizers.chat import marker_ids
 from llm.tokenizers.specials import DEFAULT_SPECIALS
 
@@ -25,11 +29,6 @@ def model_for_serving(checkpoint: str | None, step: int | None, config: Config |
         return load_model(checkpoint, step)
     if config is None:
         raise ValueError("give --checkpoint RUN_DIR or --config FILE")
-    import jax
-
-    from llm.model import init_params
-    from llm.tokenizers import load_tokenizer
-
     tokenizer = load_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(

@@ -25,12 +25,14 @@ generated, so a request's samples do not depend on when it joined a batch or who
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from llm.inference.watermark import green_mask
 from llm.typing import Array
 
 NEG_INF = -jnp.inf
@@ -52,23 +54,36 @@ class SamplingParams:
     seed: int = 0  # randomness of this request (with the token index)
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.temperature >= 0:
-            problems.append(f"temperature={self.temperature} must be >= 0")
-        if self.top_k < 0:
-            problems.append(f"top_k={self.top_k} must be >= 0")
-        for name in ("top_p", "typical_p"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                problems.append(f"{name}={value} must be in (0, 1]")
-        if not 0 <= self.min_p <= 1:
-            problems.append(f"min_p={self.min_p} must be in [0, 1]")
-        if not self.repetition_penalty > 0:
-            problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0")
-        if not 0 <= self.seed < 2**32:
-            problems.append(f"seed={self.seed} must be in [0, 2**32)")
+        problems = self.problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SamplingError(problems)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, "field=value must be ...") for every impossible setting; none is clamped."""
+        out = [(f.name, f"{f.name}={getattr(self, f.name)} must be finite")
+               for f in dataclasses.fields(self)
+               if f.type == "float" and not math.isfinite(getattr(self, f.name))]  # fmt: skip
+        rules = (
+            ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
+            ("top_k", self.top_k >= 0, ">= 0 (0 = off)"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("typical_p", 0 < self.typical_p <= 1, "in (0, 1]"),
+            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1 = off)"),
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
+        )
+        named = {name for name, _ in out}
+        out += [(name, f"{name}={getattr(self, name)} must be {rule}")
+                for name, ok, rule in rules if not ok and name not in named]  # fmt: skip
+        return out
+
+
+class SamplingError(ValueError):
+    """Impossible sampling settings; `.problems` pairs each field with what is wrong."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(text for _, text in problems))
+        self.problems = problems
 
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -125,8 +140,6 @@ def make_sampler_state(
 
 def penalize(logits_BV: Array, s: SamplerState) -> Array:
     """Stages 1-3: repetition, frequency/presence penalties and the watermark bias."""
-    from llm.inference.watermark import green_mask
-
     l = logits_BV.astype(jnp.float32)
     seen_BV = s.prompt_mask_BV | (s.counts_BV > 0)
     r_B1 = s.repetition_B[:, None]

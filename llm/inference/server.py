@@ -27,6 +27,10 @@ from llm.inference.api import ApiError, Limits
 from llm.inference.engine import Engine
 from llm.inference.scheduler import Busy, Request, Scheduler
 
+# At most this much of a refused request's body is read and dropped (within read_timeout_s)
+# so that its client gets the answer; a larger upload is cut off and sees a reset instead.
+DISCARD_BYTES = 64 << 20
+
 
 class _HTTPServer(ThreadingHTTPServer):
     """The standard threading server with a listen backlog sized for bursts of clients.
@@ -100,7 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         routes = {"/v1/completions": False, "/v1/chat/completions": True}
+        self._unread = 0  # body bytes the client declared and we have not read
         try:
+            self._unread = self._content_length()
             if self.path not in routes:
                 raise ApiError(404, f"no route POST {self.path}")
             body = api.decode_body(self._read_body())
@@ -113,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(ApiError(429, f"server busy: {err}", code="rate_limit_exceeded"))
         (self._stream if req.stream else self._complete)(req, request)
 
-    def _read_body(self) -> bytes:
+    def _content_length(self) -> int:
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "Content-Length header is required")
@@ -121,8 +127,15 @@ class _Handler(BaseHTTPRequestHandler):
             n = int(length)
         except ValueError:
             raise ApiError(400, f"Content-Length {length!r} is not an integer") from None
-        if n < 0 or n > self.srv.cfg.max_body_bytes:
+        if n < 0:
+            raise ApiError(400, f"Content-Length {n} is negative")
+        return n
+
+    def _read_body(self) -> bytes:
+        n = self._unread
+        if n > self.srv.cfg.max_body_bytes:
             raise ApiError(413, f"body of {n} bytes; the limit is {self.srv.cfg.max_body_bytes}")
+        self._unread = 0
         try:
             raw = self.rfile.read(n)
         except TimeoutError:
@@ -174,17 +187,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
         self.wfile.flush()
 
-    def _json(self, status: int, obj: dict) -> None:
+    def _json(self, status: int, obj: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
 
     def _error(self, err: ApiError) -> None:
+        """Answers, then reads and drops the unread body (bounded) before the connection closes.
+
+        Closing a socket with unread data makes the kernel send a reset, which destroys the
+        answer in the client's buffer: a client still uploading (urllib, requests) would see a
+        broken pipe instead of the 413. Reading the rest first lets it finish and read ours."""
         self.close_connection = True
-        self._json(err.status, err.body())
+        self._json(err.status, err.body(), {"Connection": "close"})
+        self._discard(min(self._unread, DISCARD_BYTES), self.srv.cfg.read_timeout_s)
+
+    def _discard(self, n: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        try:
+            while n > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(n, 1 << 16))
+                if not chunk:
+                    return
+                n -= len(chunk)
+        except OSError:  # the client gave up (reset) or stalled past read_timeout_s
+            return
 
 
 def _id(req: api.ParsedRequest) -> str:

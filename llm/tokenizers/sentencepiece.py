@@ -8,6 +8,7 @@ text that does not itself contain "▁" (tests/tokenizers/test_roundtrip.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,6 +78,21 @@ def train_sentencepiece(
     if missing:
         raise FileNotFoundError(f"training files not found: {', '.join(missing)}")
     prefix = str(out)[: -len(".model")] if str(out).endswith(".model") else str(out)
+    try:
+        _spm_train(spm, files, prefix, vocab_size, model_type, specials, character_coverage,
+                   extra_options)  # fmt: skip
+    except RuntimeError as err:  # spm's text leads with its C++ file and the failed check
+        reason = str(err).split("] ", 1)[-1].strip()
+        too_high = re.search(r"Please set it to a value <= (\d+)", reason)
+        if too_high:
+            reason = (f"vocab_size={vocab_size} is more than this text supports (at most "
+                      f"{too_high[1]}): lower it or give more text")  # fmt: skip
+        raise ValueError(f"sentencepiece {model_type} training failed: {reason}") from None
+    return Path(prefix + ".model")
+
+
+def _spm_train(spm, files, prefix, vocab_size, model_type, specials, character_coverage,
+               extra_options) -> None:  # fmt: skip
     spm.SentencePieceTrainer.train(
         input=[str(f) for f in files],
         model_prefix=prefix,
@@ -98,4 +114,3 @@ def train_sentencepiece(
         minloglevel=2,
         **(extra_options or {}),
     )
-    return Path(prefix + ".model")

@@ -18,7 +18,7 @@ def test_prepare_report_and_tokenize(txt_corpus, tmp_path, capsys):
     assert main(["data", "report", *common, "data.min_chars=500"]) == 0
     out = capsys.readouterr().out
     assert "quality" in out and "too short" in out and "near dedup" in out
-    assert main(["data", "report", *common, "data.min_chars=5000"]) == 1
+    assert main(["data", "report", *common, "data.min_chars=5000"]) == 2
     assert "empty corpus after cleaning: every document was removed" in capsys.readouterr().err
     assert main(["data", "tokenize", "--out", str(tmp_path / "tok"), *common]) == 0
     capsys.readouterr()
@@ -39,5 +39,5 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
             "data.eval_corpus=null",
         ]
     )
-    assert code == 1
+    assert code == 2
     assert "x.jsonl:1: missing field 'text'" in capsys.readouterr().err

@@ -97,3 +97,20 @@ def test_invalid_params_are_named():
         SamplingParams(top_p=1.5)
     with pytest.raises(ValueError, match="temperature=-1"):
         SamplingParams(temperature=-1)
+
+
+def test_every_impossible_setting_is_refused_with_its_field():
+    """Nothing is clamped: each bad field is reported, the message and `.problems` name it."""
+    from llm.inference.sampling import SamplingError
+
+    cases = {"temperature": float("inf"), "top_k": -1, "top_p": 0.0, "min_p": 1.5,
+             "typical_p": float("nan"), "repetition_penalty": 0.0, "seed": 2**32,
+             "frequency_penalty": float("-inf"), "watermark_delta": float("nan")}  # fmt: skip
+    for field, value in cases.items():
+        with pytest.raises(SamplingError) as info:
+            SamplingParams(**{field: value})
+        assert [f for f, _ in info.value.problems] == [field]
+        assert str(info.value).startswith(f"{field}={value} must be")
+    with pytest.raises(SamplingError) as info:
+        SamplingParams(temperature=-1.0, top_p=2.0)
+    assert [f for f, _ in info.value.problems] == ["temperature", "top_p"]

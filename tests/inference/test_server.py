@@ -3,8 +3,11 @@ bounded localhost load test of concurrent streams (continuous batching, none los
 
 import http.client
 import json
+import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -140,3 +143,56 @@ def test_concurrent_streams_none_lost(server):
     assert all(reason in ("stop", "length") for _, reason in results.values())
     # continuous batching: 32 requests x <= 8 tokens took far fewer steps than one at a time
     assert server.scheduler.steps - steps_before < n * 8 // 2
+
+
+def _post_urllib(server, path: str, data: bytes) -> tuple[int, dict]:
+    """What an ordinary client (urllib: send the whole body, then read) gets back."""
+    url = f"http://{server.address[0]}:{server.address[1]}{path}"
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize(("path", "status", "text"), [
+    ("/v1/completions", 413, "the limit is 4096"),
+    ("/v1/nothing", 404, "no route POST /v1/nothing"),
+])  # fmt: skip
+def test_refusal_of_a_large_upload_reaches_the_client(server, path, status, text):
+    """16 MB is more than the kernel buffers on both sides hold: a server that answers and
+    closes without reading the body resets the connection and urllib sees a broken pipe."""
+    got, body = _post_urllib(server, path, b" " * (16 << 20))
+    assert got == status and text in body["error"]["message"]
+    assert _post_urllib(server, "/v1/completions", b'{"prompt": "a", "max_tokens": 1}')[0] == 200
+
+
+def test_refusal_is_sent_before_the_body_is_read(server):
+    """A client that declares 1 GB and sends nothing reads the 413 at once; the server stops
+    reading its body after DISCARD_BYTES or read_timeout_s, whichever comes first."""
+    with socket.create_connection(server.address, timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                     % (1 << 30))  # fmt: skip
+        start = time.monotonic()
+        head = sock.recv(4096)
+        assert time.monotonic() - start < CFG.read_timeout_s / 2
+    assert head.startswith(b"HTTP/1.0 413 ") and b"Connection: close" in head
+
+
+def test_unset_max_tokens_is_what_the_context_leaves_and_bad_sampling_names_its_field():
+    """A default is not a request: without max_tokens a long prompt gets the room that is left
+    (not a 400 about a max_tokens nobody sent); an impossible setting names its field."""
+    from llm.inference import api
+
+    limits = api.Limits("tiny", max_prompt_tokens=40, max_new_tokens=12, context=48)
+    tok = ByteTokenizer()
+    parsed = api.parse({"prompt": "x" * 39}, tok, limits, chat=False)  # 40 tokens with BOS
+    assert parsed.stop.max_new_tokens == 8
+    assert api.parse({"prompt": "x"}, tok, limits, chat=False).stop.max_new_tokens == 12
+    with pytest.raises(api.ApiError, match="exceeds the context of 48") as info:
+        api.parse({"prompt": "x" * 39, "max_tokens": 9}, tok, limits, chat=False)
+    assert info.value.param == "max_tokens"
+    with pytest.raises(api.ApiError, match=r"top_k=-1 must be >= 0") as info:
+        api.parse({"prompt": "x", "top_k": -1}, tok, limits, chat=False)
+    assert info.value.status == 400 and info.value.param == "top_k"

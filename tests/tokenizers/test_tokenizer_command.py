@@ -74,3 +74,26 @@ def test_builtin_corpus_name_is_read_from_the_prepared_cache(tmp_path, monkeypat
     )
     with pytest.raises(FileNotFoundError, match="neither a file nor a built-in corpus"):
         train_tokenizer("bpe", ["hamlet"], 400, tmp_path / "tok")
+
+
+@pytest.mark.parametrize("algo", ["bpe", "wordpiece", "unigram"])
+def test_too_little_text_reports_the_vocabulary_it_reached(algo, tmp_path, capsys):
+    """Two short lines cannot fill 400 tokens: the command says how many the file has."""
+    (tmp_path / "a.txt").write_text("hello world\nthe quick brown fox\n")
+    assert main(["tokenizer", "train", str(tmp_path / "a.txt"), "--algo", algo,
+                 "--vocab-size", "400", "--out", str(tmp_path / "tok")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    saved = out.split("saved ")[1].split()[0]
+    size = load_tokenizer(saved).vocab_size
+    assert size < 400
+    assert f"trained {algo} ({size} tokens)" in out
+    assert f"{size} tokens, not the 400 asked for" in out
+
+
+def test_sentencepiece_refuses_a_vocabulary_the_text_cannot_fill(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("hello world\nthe quick brown fox\n")
+    assert main(["tokenizer", "train", str(tmp_path / "a.txt"), "--algo", "spm-unigram",
+                 "--vocab-size", "400", "--out", str(tmp_path / "tok")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "vocab_size=400 is more than this text supports (at most " in err
+    assert "Traceback" not in err and not (tmp_path / "tok.model").exists()
