@@ -3,7 +3,7 @@
 Keeps the W highest-scoring partial continuations (score = summed log-probability). Each
 step extends every beam by every token, keeps the 2W best candidates, moves those ending in
 EOS to the finished pool and the first W others on as the new beams; the cache rows are
-reordered to follow their parents (`kv_cache.select_rows`). Finished hypotheses are ranked by
+reordered to follow their parents (`Cache.select_rows`). Finished hypotheses are ranked by
 score / length ** length_penalty (length = generated tokens, EOS included), the
 normalisation of Wu et al. (2016, arXiv:1609.08144) in its simple power form as used by
 Hugging Face: > 0 favours longer outputs, < 0 shorter. Search stops when W hypotheses are
@@ -27,7 +27,7 @@ import numpy as np
 from llm.inference import sampling
 from llm.inference.engine import DecodeState, Engine
 from llm.model import forward
-from llm.model.kv_cache import KVCache, select_rows
+from llm.model.cache import Cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +92,8 @@ def _done(finished, beams, W, t, max_new_tokens, length_penalty) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _advance(cfg, params, cache: KVCache, parents_W, tokens_W):
-    cache = select_rows(cache, parents_W)
+def _advance(cfg, params, cache: Cache, parents_W, tokens_W):
+    cache = cache.select_rows(parents_W)
     out = forward(cfg, params, tokens_W[:, None], cache=cache)
     return jax.nn.log_softmax(out.logits_BLV[:, 0].astype(jnp.float32)), out.cache
 
@@ -112,7 +112,7 @@ def beam_search(
     max_new_tokens = min(max_new_tokens, engine.max_len - len(prompt))
     state: DecodeState = engine.prefill([prompt], [sampling.GREEDY])
     first_V = _first_logprobs(engine, state, prompt)
-    cache = select_rows(state.cache, jnp.zeros((num_beams,), jnp.int32))
+    cache = state.cache.select_rows(jnp.zeros((num_beams,), jnp.int32))
     holder = {"cache": cache}
 
     def step(parents_W, tokens_W):
@@ -130,8 +130,8 @@ def beam_search(
 
 def _first_logprobs(engine: Engine, state: DecodeState, prompt) -> np.ndarray:
     """Log-probabilities after the prompt: recompute the last position against the cache."""
-    one = KVCache(state.cache.k_YBKSH[:, :1], state.cache.v_YBKSH[:, :1],
-                  state.cache.lengths_B[:1] - 1)  # fmt: skip
+    one = state.cache.select_rows(jnp.zeros((1,), jnp.int32))
+    one = one.rollback(one.lengths_B - 1)
     logprobs, _ = _advance(engine.cfg, engine.params, one, jnp.zeros((1,), jnp.int32),
                            jnp.asarray([prompt[-1]], jnp.int32))  # fmt: skip
     return np.asarray(logprobs[0])

@@ -3,6 +3,9 @@
 * Static shapes: the cache holds `max_len` slots for each of B rows (see
   `llm/model/kv_cache.py`); prompts are right-padded to a length bucket (powers of two) and
   batches to a batch bucket, so each function compiles once per bucket, not per request.
+* The cache is opaque here: the engine and the decoders built on it (beam search,
+  speculative decoding) use only the `llm.model.cache.Cache` protocol, so a model with
+  another decoding state needs no change in `llm/inference/`.
 * Ragged batches: every row has its own length; a prompt's tokens fill slots 0..n-1 and its
   padding carries segment id 0, which masks it out and does not advance the row's length.
 * The decode step fuses the forward with sampling (`sampling.py`) and donates the state, so
@@ -28,7 +31,7 @@ from llm.inference import sampling
 from llm.inference.sampling import SamplerState, SamplingParams
 from llm.inference.stream import TextStream
 from llm.model import forward, unembed, unstack_layers
-from llm.model.kv_cache import KVCache, init_cache
+from llm.model.cache import Cache, init_cache
 from llm.tokenizers.base import Tokenizer
 from llm.typing import Array, PyTree
 
@@ -39,7 +42,7 @@ MIN_PROMPT_BUCKET = 8
 class DecodeState:
     """Everything a decode step reads and writes, on device: cache, sampler, latest tokens."""
 
-    cache: KVCache
+    cache: Cache
     sampler: SamplerState
     tokens_B: Array  # each row's newest token: sampled, not yet in the cache
 
@@ -106,22 +109,13 @@ def _step(cfg: ModelConfig, params: PyTree, state: DecodeState, active_B: Array)
 def _insert(state: DecodeState, new: DecodeState, slots_b: Array) -> DecodeState:
     """`state` with rows `slots_b` replaced by the rows of `new` (out-of-range slots dropped)."""
 
-    def put(axis):
-        def f(big, small):
-            index = (slice(None),) * axis + (slots_b,)
-            return big.at[index].set(small, mode="drop")
+    def put(big, small):
+        return big.at[slots_b].set(small, mode="drop")
 
-        return f
-
-    cache = KVCache(
-        *(put(1)(b, s) for b, s in ((state.cache.k_YBKSH, new.cache.k_YBKSH),
-                                    (state.cache.v_YBKSH, new.cache.v_YBKSH))),
-        put(0)(state.cache.lengths_B, new.cache.lengths_B),
-    )  # fmt: skip
     return DecodeState(
-        cache,
-        jax.tree.map(put(0), state.sampler, new.sampler),
-        put(0)(state.tokens_B, new.tokens_B),
+        state.cache.put_rows(slots_b, new.cache),
+        jax.tree.map(put, state.sampler, new.sampler),
+        put(state.tokens_B, new.tokens_B),
     )
 
 

@@ -19,9 +19,10 @@ Drafters (the `Drafter` protocol):
 Batching: every sequence keeps its own number of drafts per round (a drafter may propose fewer
 than gamma, an n-gram drafter often none) and of accepted tokens. The verified block is
 right-padded with segment id 0, so one compiled step serves every round, and rollback is
-per row: the target cache's `lengths_B` is set to the kept tokens (entries above are masked;
-`llm/model/kv_cache.py`). Proposals are capped so that a round never emits past a row's
-budget, so a row needs no more room than plain decoding: prompt + max_new_tokens <= max_len.
+per row: the target cache is rolled back to the kept tokens (`Cache.rollback`; in a KV
+cache the entries above are masked, `llm/model/kv_cache.py`). Proposals are capped so that
+a round never emits past a row's budget, so a row needs no more room than plain decoding:
+prompt + max_new_tokens <= max_len.
 
 Randomness per row, like `sampling.py`: draft i of a round uses the key of (seed, tokens so
 far + i), the acceptance draws that of (seed, tokens so far) folded with a salt. A key that
@@ -49,7 +50,7 @@ from llm.inference import sampling
 from llm.inference.engine import Engine
 from llm.inference.sampling import SamplerState, SamplingParams
 from llm.model import forward
-from llm.model.kv_cache import KVCache
+from llm.model.cache import Cache
 from llm.typing import Array, PyTree
 
 _ACCEPT_SALT = 0x5EC  # folded into a row's key for the acceptance draws
@@ -154,13 +155,13 @@ def _probs(logits_BV: Array, s: SamplerState) -> Array:
 def _verify(
     cfg: ModelConfig,
     params: PyTree,
-    cache: KVCache,
+    cache: Cache,
     last_B: Array,
     proposal: Proposal,
     limits_B: Array,
     active_B: Array,
     s: SamplerState,
-) -> tuple[Array, Array, KVCache]:
+) -> tuple[Array, Array, Cache]:
     """One target pass over [last, drafts] of the active rows: (kept drafts n_B, next token
     per row, the cache rolled back to the kept tokens). Inactive rows change nothing."""
     sizes_B = jnp.where(active_B, jnp.minimum(proposal.sizes_B, limits_B), 0)
@@ -173,11 +174,11 @@ def _verify(
     p_BTV = _probs(out.logits_BLV.reshape(B * T, -1), s_T).reshape(B, T, -1)
     n_B, next_B = accept(p_BTV, proposal.q_BgV, proposal.drafts_Bg, sizes_B, accept_keys(s))
     lengths_B = jnp.where(active_B, cache.lengths_B + 1 + n_B, cache.lengths_B)
-    return n_B, jnp.where(active_B, next_B, last_B), out.cache.replace(lengths_B=lengths_B)
+    return n_B, jnp.where(active_B, next_B, last_B), out.cache.rollback(lengths_B)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=2)
-def _draft(cfg: ModelConfig, params: PyTree, cache: KVCache, last_B: Array, s, gamma: int):
+def _draft(cfg: ModelConfig, params: PyTree, cache: Cache, last_B: Array, s, gamma: int):
     """(drafts_Bg, q_BgV, cache): gamma tokens per row sampled from the draft model, which
     is fed `last_B` and then its own drafts (all but the last one, which it never sees)."""
 
@@ -194,7 +195,7 @@ def _draft(cfg: ModelConfig, params: PyTree, cache: KVCache, last_B: Array, s, g
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _feed(cfg: ModelConfig, params: PyTree, cache: KVCache, token_B: Array, rows_B: Array):
+def _feed(cfg: ModelConfig, params: PyTree, cache: Cache, token_B: Array, rows_B: Array):
     """The cache after appending `token_B` to the rows where `rows_B` is set."""
     segment_ids_B1 = rows_B[:, None].astype(jnp.int32)
     return forward(cfg, params, token_B[:, None], segment_ids_BL=segment_ids_B1, cache=cache,
@@ -211,7 +212,7 @@ class DraftModel:
 
     def __init__(self, engine: Engine):
         self.engine, self.max_len = engine, engine.max_len
-        self._cache: KVCache | None = None
+        self._cache: Cache | None = None
         self._drafts_Bg: Array | None = None
 
     def start(
@@ -236,8 +237,9 @@ class DraftModel:
             e = self.engine
             last_B = self._drafts_Bg[:, -1]
             self._cache = _feed(e.cfg, e.params, self._cache, last_B, jnp.asarray(full_B))
-        # a copy: the next `_draft` donates this cache, and the target's must survive it
-        self._cache = self._cache.replace(lengths_B=jnp.copy(lengths_B))
+        # a copy: the next `_draft` donates this cache, and the target's lengths must
+        # survive it whatever buffer `rollback` keeps
+        self._cache = self._cache.rollback(jnp.copy(lengths_B))
 
 
 def _check(params: Sequence[SamplingParams], n: int, gamma: int, max_new_tokens: int) -> None:

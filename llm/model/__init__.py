@@ -8,7 +8,8 @@ from llm.model.functional import (
     unembed,
     unstack_layers,
 )
-from llm.model.transformer import ModelOutput, Transformer
+from llm.model.outputs import ModelOutput
+from llm.model.transformer import Transformer
 
 __all__ = [
     "ModelOutput",

@@ -15,6 +15,7 @@ from flax import nnx, struct
 from llm.config import ModelConfig
 from llm.model import kv_cache, positions
 from llm.model.layers import Linear, RMSNorm
+from llm.model.outputs import LayerOutput
 from llm.ops import masks
 from llm.ops.attention import attention
 from llm.sharding.constraints import constrain
@@ -95,8 +96,9 @@ class Attention(nnx.Module):
         segment_ids_BL: Array,
         dropout_key: Array | None,
         cache: LayerCache | None = None,
-    ) -> Array | tuple[Array, LayerCache]:
-        """Self-attention; with `cache`, also over the cached keys (returns the new cache).
+    ) -> LayerOutput:
+        """Self-attention; with `cache`, also over the cached keys (the output carries the
+        updated cache; else its cache is None).
 
         With a cache the new keys/values are written at slots `positions_BL` of this layer's
         slice first, then the queries attend to the whole slice, masked by kv segment ids.
@@ -143,7 +145,7 @@ class Attention(nnx.Module):
             dropout_key=dropout_key,
             impl=cfg.attention_impl,
         )
-        return self.o(out_BLNH) if cache is None else (self.o(out_BLNH), cache)
+        return LayerOutput(self.o(out_BLNH), cache)
 
 
 def split_key(key: Array | None, n: int) -> list[Array | None]:

@@ -15,8 +15,10 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from llm.config import ModelConfig
+from llm.model.cache import Cache
 from llm.model.kv_cache import KVCache
-from llm.model.transformer import ModelOutput, Transformer
+from llm.model.outputs import ModelOutput
+from llm.model.transformer import Transformer
 from llm.typing import Array, PyTree
 
 
@@ -63,14 +65,14 @@ def forward(
     return_logits: bool = True,
     return_hidden_states: bool = False,
     input_embeddings_BLD: Array | None = None,
-    cache: KVCache | None = None,
+    cache: Cache | None = None,
 ) -> ModelOutput:
     """Runs the model; `dropout_key=None` is deterministic (evaluation).
 
     `input_embeddings_BLD` replaces the token-embedding lookup (soft prompts, gradient
     probes); `inputs_BL` still fixes the batch shape.
 
-    `cache` (a `KVCache`, see `llm/model/kv_cache.py`) makes this an incremental step: the
+    `cache` (from `llm.model.cache.init_cache`) makes this an incremental step: the
     inputs continue the cached sequences, positions come from the cache lengths, and
     `out.cache` is the updated cache. Positions, dropout and input embeddings must not be
     given with a cache.
@@ -81,6 +83,11 @@ def forward(
         raise ValueError(
             "forward with a KV cache derives positions from the cache and runs without "
             "dropout: pass neither positions_BL, dropout_key nor input_embeddings_BLD"
+        )
+    if cache is not None and not isinstance(cache, KVCache):
+        raise TypeError(
+            f"this model decodes with a KVCache (llm.model.cache.init_cache); got a "
+            f"{type(cache).__name__}"
         )
     model, layers = _merge(cfg, params)
     return model(

@@ -17,6 +17,9 @@ in-place update once the step function donates the cache.
 
 A step feeds a block of new tokens [B, L]: right-padded, i.e. row b holds its valid tokens
 first and padding (segment id 0) after. Token t of row b sits at position lengths_B[b] + t.
+
+`KVCache` implements the `llm.model.cache.Cache` protocol, the only face generation code
+sees; its arrays are read by the model alone (`step_layout`, `write_layer`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,40 @@ class KVCache:
     @property
     def batch(self) -> int:
         return self.k_YBKSH.shape[1]
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+        """`init_cache`, reachable from the class that `llm.model.cache.init_cache` picks."""
+        return init_cache(cfg, batch, max_len, dtype)
+
+    def select_rows(self, rows_R: Array) -> KVCache:
+        """The cache of sequences `rows_R` (beam search reorders beams this way)."""
+        return KVCache(
+            k_YBKSH=jnp.take(self.k_YBKSH, rows_R, axis=1),
+            v_YBKSH=jnp.take(self.v_YBKSH, rows_R, axis=1),
+            lengths_B=jnp.take(self.lengths_B, rows_R, axis=0),
+        )
+
+    def put_rows(self, rows_R: Array, other: KVCache) -> KVCache:
+        """Row rows_R[r] replaced by row r of `other`; out-of-range rows dropped. A scatter,
+        in place when the caller donates this cache (the engine's slot insert)."""
+        if other.max_len != self.max_len:
+            raise ValueError(f"{other.max_len=} must equal this cache's {self.max_len=}")
+
+        def put(big, small, axis):
+            return big.at[(slice(None),) * axis + (rows_R,)].set(small, mode="drop")
+
+        return KVCache(
+            k_YBKSH=put(self.k_YBKSH, other.k_YBKSH, 1),
+            v_YBKSH=put(self.v_YBKSH, other.v_YBKSH, 1),
+            lengths_B=put(self.lengths_B, other.lengths_B, 0),
+        )
+
+    def rollback(self, lengths_B: Array) -> KVCache:
+        """Slots at or above the new length are masked from then on and overwritten by the
+        next tokens, so forgetting is lowering `lengths_B` (clamped: above the current length
+        lie slots never written)."""
+        return self.replace(lengths_B=jnp.minimum(lengths_B, self.lengths_B).astype(jnp.int32))
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
@@ -112,21 +149,3 @@ def write_layer(
     kv_BKSH = jax.lax.dynamic_index_in_dim(kv_YBKSH, layer, axis=0, keepdims=False)
     kv_BKSH = kv_BKSH.at[rows_B1, :, positions_BL].set(new, mode="drop")
     return jax.lax.dynamic_update_index_in_dim(kv_YBKSH, kv_BKSH, layer, axis=0), kv_BKSH
-
-
-def select_rows(cache: KVCache, rows_B: Array) -> KVCache:
-    """The cache of sequences `rows_B` (beam search reorders beams this way)."""
-    return KVCache(
-        k_YBKSH=jnp.take(cache.k_YBKSH, rows_B, axis=1),
-        v_YBKSH=jnp.take(cache.v_YBKSH, rows_B, axis=1),
-        lengths_B=jnp.take(cache.lengths_B, rows_B, axis=0),
-    )
-
-
-def insert_row(cache: KVCache, row: Array, one: KVCache) -> KVCache:
-    """`cache` with sequence `row` replaced by the single-sequence cache `one` (same max_len)."""
-    return KVCache(
-        k_YBKSH=jax.lax.dynamic_update_slice_in_dim(cache.k_YBKSH, one.k_YBKSH, row, axis=1),
-        v_YBKSH=jax.lax.dynamic_update_slice_in_dim(cache.v_YBKSH, one.v_YBKSH, row, axis=1),
-        lengths_B=jax.lax.dynamic_update_slice_in_dim(cache.lengths_B, one.lengths_B, row, 0),
-    )

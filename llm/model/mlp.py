@@ -12,6 +12,7 @@ from flax import nnx
 
 from llm.config import ModelConfig
 from llm.model.layers import Linear
+from llm.model.outputs import LayerOutput
 from llm.sharding.constraints import constrain
 from llm.typing import Array
 
@@ -62,11 +63,13 @@ class MLP(nnx.Module):
             **common,
         )
 
-    def __call__(self, x_BLD: Array) -> Array:
+    def __call__(self, x_BLD: Array) -> LayerOutput:
+        """The MLP branch; a `LayerOutput` like every layer's (no cache, no auxiliary loss),
+        the slot through which a mixture-of-experts MLP reports its balancing loss."""
         act = ACTIVATIONS[self.activation]
         if self.gate is not None:
             h_BLF = act(self.gate(x_BLD)) * self.up(x_BLD)
         else:
             h_BLF = act(self.up(x_BLD))
         h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))
-        return self.down(h_BLF)
+        return LayerOutput(self.down(h_BLF))

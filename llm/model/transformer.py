@@ -15,6 +15,8 @@ Design choices, each a config switch (see `ModelConfig`):
   arXiv:1604.06174) with a policy from config. `scan_layers: false` unrolls the same
   stacked params into a Python loop: compile time grows with depth, but XLA no longer
   stacks each layer's saved activations, which made small CPU train steps ~20% faster.
+* Every layer returns a `LayerOutput` (`outputs.py`): hidden state, updated cache, and named
+  auxiliary losses, which the layer loop sums over layers into `ModelOutput.aux_losses`.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx, struct
+from flax import nnx
 
 from llm.config import ModelConfig
 from llm.model import kv_cache, positions
 from llm.model.attention import Attention, LayerCache, split_key
 from llm.model.layers import dropout, make_norm, normal, param
 from llm.model.mlp import MLP
+from llm.model.outputs import LayerOutput, ModelOutput, merge_aux, sum_layers
 from llm.ops.masks import default_positions
 from llm.sharding.constraints import constrain
 from llm.typing import Array
@@ -39,24 +42,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-@struct.dataclass
-class ModelOutput:
-    """What a forward pass returns.
-
-    logits_BLV: next-token logits (None when return_logits=False, e.g. for chunked losses).
-    hidden_BLD: the final hidden state, the input of the output layer.
-    hidden_states: [Y+1, B, L, D] when requested: the embedding output, then each block's.
-    aux_losses: named auxiliary losses (empty for dense models; MoE adds load balancing).
-    cache: the updated `KVCache` when the forward was given one, else None.
-    """
-
-    logits_BLV: Array | None
-    hidden_BLD: Array
-    hidden_states: Array | None = None
-    aux_losses: dict[str, Array] = struct.field(default_factory=dict)
-    cache: kv_cache.KVCache | None = None
 
 
 class Block(nnx.Module):
@@ -79,24 +64,25 @@ class Block(nnx.Module):
         segment_ids_BL,
         key: Array | None,
         cache: LayerCache | None = None,
-    ) -> Array | tuple[Array, LayerCache]:
-        """The block's output; with a KV cache, (output, updated cache)."""
+    ) -> LayerOutput:
+        """The new residual stream, the updated cache (None without one) and the auxiliary
+        losses of the attention and MLP."""
         x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
         rate = self.cfg.resid_dropout
         k_attn, k_res1, k_res2 = split_key(key, 3)
         pre = self.cfg.norm_placement == "pre"
-        h = self.attn(
+        attn = self.attn(
             self.attn_norm(x_BLD) if pre else x_BLD, positions_BL, segment_ids_BL, k_attn, cache
         )
-        if cache is not None:
-            h, cache = h
         if pre:
-            x_BLD = x_BLD + dropout(h, rate, k_res1)
-            x_BLD = x_BLD + dropout(self.mlp(self.mlp_norm(x_BLD)), rate, k_res2)
+            x_BLD = x_BLD + dropout(attn.hidden_BLD, rate, k_res1)
+            mlp = self.mlp(self.mlp_norm(x_BLD))
+            x_BLD = x_BLD + dropout(mlp.hidden_BLD, rate, k_res2)
         else:
-            x_BLD = self.attn_norm(x_BLD + dropout(h, rate, k_res1))
-            x_BLD = self.mlp_norm(x_BLD + dropout(self.mlp(x_BLD), rate, k_res2))
-        return x_BLD if cache is None else (x_BLD, cache)
+            x_BLD = self.attn_norm(x_BLD + dropout(attn.hidden_BLD, rate, k_res1))
+            mlp = self.mlp(x_BLD)
+            x_BLD = self.mlp_norm(x_BLD + dropout(mlp.hidden_BLD, rate, k_res2))
+        return LayerOutput(x_BLD, attn.cache, merge_aux(attn.aux_losses, mlp.aux_losses))
 
 
 class Transformer(nnx.Module):
@@ -150,7 +136,7 @@ class Transformer(nnx.Module):
         k_embed, k_blocks = split_key(dropout_key, 2)
         x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD)
         x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
-        x_BLD, per_layer_YBLD = self._run_blocks(
+        x_BLD, (per_layer_YBLD, aux_Y) = self._run_blocks(
             x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states,
             layers=layers,
         )  # fmt: skip
@@ -162,7 +148,12 @@ class Transformer(nnx.Module):
         logits = self.logits(x_BLD) if return_logits else None
         if logits is not None:
             logits = constrain(logits, ("batch", "length", "vocab"))
-        return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, hidden_states=hidden_states)
+        return ModelOutput(
+            logits_BLV=logits,
+            hidden_BLD=x_BLD,
+            hidden_states=hidden_states,
+            aux_losses=sum_layers(aux_Y),
+        )
 
     def _cached(
         self, tokens_BL, segment_ids_BL, cache, return_logits: bool, layers=None
@@ -178,17 +169,16 @@ class Transformer(nnx.Module):
             x_BLD, k_YBKSH, v_YBKSH = carry
             layer_state, index = layer
             view = LayerCache(k_YBKSH, v_YBKSH, index, kv_positions_BS, kv_segment_ids_BS)
-            block = nnx.merge(graphdef, layer_state)
-            x_BLD, view = block(x_BLD, positions_BL, segment_ids_BL, None, view)
-            return (x_BLD, view.k_YBKSH, view.v_YBKSH), None
+            out = nnx.merge(graphdef, layer_state)(x_BLD, positions_BL, segment_ids_BL, None, view)
+            return (out.hidden_BLD, out.cache.k_YBKSH, out.cache.v_YBKSH), out.aux_losses
 
         carry = (x_BLD, cache.k_YBKSH, cache.v_YBKSH)
-        (x_BLD, k_YBKSH, v_YBKSH), _ = self._over_layers(body, carry, stacked, layers)
+        (x_BLD, k_YBKSH, v_YBKSH), aux_Y = self._over_layers(body, carry, stacked, layers)
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
         new_cache = kv_cache.KVCache(k_YBKSH, v_YBKSH, kv_cache.advance(cache, segment_ids_BL))
         logits = self.logits(x_BLD) if return_logits else None
-        return ModelOutput(logits_BLV=logits, hidden_BLD=x_BLD, cache=new_cache)
+        return ModelOutput(logits, x_BLD, aux_losses=sum_layers(aux_Y), cache=new_cache)
 
     def embed(self, tokens_BL: Array, positions_BL: Array, x_BLD: Array | None = None) -> Array:
         """Token embeddings (or the given ones) plus absolute position information."""
@@ -213,15 +203,16 @@ class Transformer(nnx.Module):
 
     def _run_blocks(self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, layers):
         """Scans the stacked blocks (or loops over `layers`, the per-layer params, or over
-        slices of the stacked ones); returns the output and, if `collect`, every block's."""
+        slices of the stacked ones); returns the output and, per layer, the block's output
+        (if `collect`, else None) and auxiliary losses."""
         graphdef, stacked = nnx.split(self.blocks)
         keys_Y = None if key is None else jax.random.split(key, self.cfg.n_layers)
 
         def body(x_BLD, layer):
             layer_state, index = layer
             layer_key = None if keys_Y is None else keys_Y[index]
-            y_BLD = nnx.merge(graphdef, layer_state)(x_BLD, positions_BL, segment_ids_BL, layer_key)
-            return y_BLD, (y_BLD if collect else None)
+            out = nnx.merge(graphdef, layer_state)(x_BLD, positions_BL, segment_ids_BL, layer_key)
+            return out.hidden_BLD, (out.hidden_BLD if collect else None, out.aux_losses)
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
@@ -231,7 +222,9 @@ class Transformer(nnx.Module):
         """`body(carry, (layer params, layer index))` over the layers: a `lax.scan` over the
         stacked params, or, with `scan_layers=False` or per-layer `layers` given, a Python
         loop (the index is then a Python int, so indexing with it is static). Returns the
-        final carry and the per-layer outputs stacked (None if the body returns None)."""
+        final carry and the per-layer outputs stacked along a leading layers axis (a pytree,
+        None leaves staying None): auxiliary losses come back this way, not in the carry,
+        because the carry's structure must be known before the first layer has run."""
         n = self.cfg.n_layers
         if layers is None and self.cfg.scan_layers:
             return jax.lax.scan(body, carry, (stacked, jnp.arange(n, dtype=jnp.int32)))
@@ -239,7 +232,7 @@ class Transformer(nnx.Module):
         for i, layer_state in enumerate(layers or _slices(stacked, n)):
             carry, out = body(carry, (layer_state, i))
             outs.append(out)
-        return carry, (None if outs[0] is None else jnp.stack(outs))
+        return carry, jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *outs)
 
 
 def _slices(stacked, n_layers: int) -> list:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.inference import SamplingParams, StopCriteria
+from llm.inference import GREEDY, SamplingParams, StopCriteria
 from llm.inference import engine as engine_mod
 from llm.model import forward
 from tests.inference.conftest import TINY
@@ -92,3 +92,22 @@ def test_bad_prompts_are_rejected(engine):
         engine.generate([list(range(48))])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.generate([[TINY.vocab_size]])
+
+
+def test_insert_into_slots_continues_like_generate(engine, greedy12):
+    """Rows prefilled apart and inserted into a running state (`Cache.put_rows`, the
+    server's continuous batching) decode exactly as a batch generated together; the padding
+    row of the prefill's batch bucket is dropped, and untouched rows stay idle."""
+    state = engine.empty_state(4)
+    new = engine.prefill(PROMPTS, [GREEDY] * 3)  # a batch bucket of 4: one pad row
+    slots = [2, 0, 3]
+    state = engine.insert(state, new, slots)
+    np.testing.assert_array_equal(state.cache.lengths_B, [2, 0, 5, 3])
+    active = np.array([True, False, True, True])
+    tokens = [np.asarray(state.tokens_B)]
+    for _ in range(11):
+        state = engine.step(state, active)
+        tokens.append(np.asarray(state.tokens_B))
+    for slot, c in zip(slots, greedy12, strict=True):
+        assert [int(t[slot]) for t in tokens] == c.token_ids
+    np.testing.assert_array_equal(state.cache.lengths_B, [13, 0, 16, 14])
