@@ -15,7 +15,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("convert", help="import/export Hugging Face and GGUF models")
+    what = "import Hugging Face and GGUF models, export Hugging Face"
+    parser = subparsers.add_parser("convert", help=what)
     sub = parser.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
     for name, src, what in (
         ("from-hf", "HF_DIR", "a Hugging Face model directory (config.json, safetensors)"),

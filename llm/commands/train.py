@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     refuse([(unused, "--devices plans memory for --dry_run; training uses this host's devices")])
     if args.config is None and DEFAULT_CONFIG.exists():
         args.config = str(DEFAULT_CONFIG)
-    cfg = config_from_args(args)
+    from llm.train.warm_start import warm_start_config
+
+    cfg = warm_start_config(config_from_args(args))  # init_from: the source's architecture
     if args.dry_run:
         import jax
 

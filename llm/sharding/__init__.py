@@ -1,9 +1,11 @@
-"""Scale-out: device meshes, the logical-axis rules table, sharded state, multi-host runs.
+"""Scale-out: device meshes, the logical-axis rules table, specs of any tree, multi-host runs.
 
     mesh = make_mesh(cfg.mesh)                      # llm/sharding/mesh.py
     plan = make_plan(cfg, mesh)                     # llm/sharding/init.py (rules.py inside)
-    state = init_train_state(cfg, plan, tx)         # created in its shards
-    report(cfg, n_devices=256)                      # llm/sharding/memory.py, abstract
+    specs = tree_specs(plan, axes)                  # logical axes -> PartitionSpecs
+    batch = batch_shardings(plan, loss.batch_axes)  # one NamedSharding per batch leaf
+
+The train state built from these (and its per-device memory plan) lives in llm/train/build.py.
 
 See docs/sharding.md for launching on TPU pods and SLURM clusters and for picking a mesh.
 """

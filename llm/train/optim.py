@@ -64,7 +64,7 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def param_paths(params: PyTree) -> PyTree:
-    """A tree like `params` whose leaves are their '/'-joined key paths ("blocks/attn/w_q")."""
+    """A tree like `params` whose leaves are their '/'-joined key paths ("blocks/attn/q/w")."""
 
     def name(path: tuple[Any, ...], _: Any) -> str:
         parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]

