@@ -6,10 +6,11 @@ from typing import Literal
 
 from llm.config.base import check, config_class
 
-SourceFormat = Literal["auto", "txt", "jsonl", "parquet", "hf"]
+SourceFormat = Literal["auto", "txt", "jsonl", "parquet", "hf", "chat"]
 Normalization = Literal["NFC", "NFKC", "none"]
 EncodingErrors = Literal["strict", "replace"]
 Objective = Literal["causal", "mlm"]
+Overlong = Literal["error", "skip"]
 
 
 @config_class
@@ -17,7 +18,7 @@ class DataConfig:
     """Where training text comes from and how it becomes token batches (see docs/data.md)."""
 
     corpus: str = "shakespeare"  # built-in name (shakespeare|milton) or a file, directory or glob
-    format: SourceFormat = "auto"  # reader for `corpus`; auto picks by file extension
+    format: SourceFormat = "auto"  # reader for `corpus`; auto by extension; chat = SFT JSONL
     text_field: str = "text"  # JSONL key / Parquet column / HF dataset column holding the text
     txt_separator: str | None = None  # .txt: line that separates documents; null = one per file
     hf_split: str = "train"  # split read from a Hugging Face dataset (format=hf)
@@ -46,6 +47,7 @@ class DataConfig:
     add_eos: bool = True  # append the tokenizer's EOS id to every document
     objective: Objective = "causal"  # causal LM batches, or BERT-style masked LM (80/10/10)
     mlm_rate: float = 0.15  # fraction of tokens selected for masked-LM prediction
+    sft_overlong: Overlong = "error"  # chat example longer than seq_len: error, or skip+count
     read_threads: int = 2  # grain threads that read and pack rows in the background
     prefetch: int = 8  # batches grain prepares ahead of the training step
 
@@ -69,6 +71,11 @@ class DataConfig:
             f"minhash_perms={self.minhash_perms} is not divisible by {self.minhash_bands}",
         )
         check(self.shingle_words > 0, "shingle_words", "must be positive")
+        check(
+            self.format != "chat" or self.objective == "causal",
+            "objective",
+            "data.format=chat (SFT conversations) makes causal batches; use objective=causal",
+        )
         check(0.0 < self.mlm_rate < 1.0, "mlm_rate", "must be in (0, 1)")
         check(self.read_threads >= 0, "read_threads", "must be non-negative")
         check(self.prefetch >= 0, "prefetch", "must be non-negative")

@@ -35,6 +35,20 @@ class CausalLMLossConfig:
         )
 
 
+@config_class
+class SFTLossConfig:
+    """Supervised fine-tuning: next-token cross-entropy on assistant tokens only (the batch's
+    `loss_mask`, built by llm/data/sft.py); validation adds assistant-token accuracy."""
+
+    name: Literal["sft"] = "sft"  # the loss this section configures
+    z_loss: float = 0.0  # weight of the z-loss log(Z)^2 per token (PaLM uses 1e-4)
+    label_smoothing: float = 0.0  # probability mass spread uniformly over the vocabulary
+    chunk_size: int | None = None  # tokens per chunk of chunked cross-entropy; null = plain
+
+    def __post_init__(self) -> None:
+        CausalLMLossConfig.__post_init__(self)
+
+
 DEFAULT_LOSS = "causal_lm"  # what a `loss:` section without `name` configures
 
 
@@ -46,7 +60,8 @@ def _tag(value: object) -> str | None:
 
 # the tagged union: pydantic picks the member by `name` and reports unknown names
 LossConfig = Annotated[
-    Annotated[CausalLMLossConfig, pydantic.Tag("causal_lm")],
+    Annotated[CausalLMLossConfig, pydantic.Tag("causal_lm")]
+    | Annotated[SFTLossConfig, pydantic.Tag("sft")],
     pydantic.Discriminator(_tag),
 ]
-LOSS_CONFIGS: dict[str, type] = {"causal_lm": CausalLMLossConfig}
+LOSS_CONFIGS: dict[str, type] = {"causal_lm": CausalLMLossConfig, "sft": SFTLossConfig}

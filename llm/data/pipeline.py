@@ -24,6 +24,7 @@ import numpy as np
 from llm.config import Config
 from llm.data.objectives import mlm_mask, mlm_mask_id
 from llm.data.packing import PackedRows
+from llm.data.sft import sft_dataset
 from llm.data.tokenized import OOD_SPLIT, load_shards
 from llm.tokenizers import Tokenizer
 
@@ -75,10 +76,13 @@ def make_batches(
         raise ValueError(f"bad process {process_index=} of {process_count=}")
     if B % process_count:
         raise ValueError(f"train.batch_size={B} is not divisible by {process_count=}")
-    shards, _, key = load_shards(cfg.data, tokenizer, ood=split == OOD_SPLIT)
-    if split not in shards:
-        raise ValueError(f"split {split!r} not found in the token shards (have {sorted(shards)})")
-    dataset = batch_dataset(cfg, split, shards[split], tokenizer, process_index, process_count)
+    if cfg.data.format == "chat":  # SFT conversations: llm/data/sft.py
+        dataset, key = sft_dataset(cfg, split, tokenizer, process_index, process_count)
+    else:
+        shards, _, key = load_shards(cfg.data, tokenizer, ood=split == OOD_SPLIT)
+        if split not in shards:
+            raise ValueError(f"split {split!r} not in the token shards (have {sorted(shards)})")
+        dataset = batch_dataset(cfg, split, shards[split], tokenizer, process_index, process_count)
     identity = {
         "version": STATE_VERSION,
         "split": split,

@@ -78,6 +78,11 @@ def read_documents(
 ) -> list[Document]:
     """All documents of `spec` in a deterministic order; raises SourceError on bad input."""
     stats = stats if stats is not None else LoadStats()
+    if fmt == "chat":
+        raise SourceError(
+            f"{spec}: data.format=chat holds SFT conversations, which llm.data.sft reads into "
+            "batches directly; they are not plain-text documents"
+        )
     if fmt == "hf":
         docs = list(_read_hf(spec, text_field, hf_split, stats))
     else:

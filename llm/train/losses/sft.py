@@ -1,0 +1,82 @@
+"""Supervised fine-tuning: cross-entropy of the next token on assistant tokens only.
+
+The objective is causal language modelling (`CausalLMLoss`) restricted by the batch's
+`loss_mask`, which llm/data/sft.py sets on exactly the assistant tokens of each rendered
+conversation (contents and each end-of-turn token; never system or user tokens). This is the
+SFT of InstructGPT (Ouyang et al. 2022, sec. 3.5) with the prompt tokens masked out, as in
+TRL's `assistant_only_loss`. Validation reports what SFT is judged by on held-out chats: the
+mean assistant-token cross-entropy (nats/token) and the fraction of assistant tokens whose
+greedy (arg-max) prediction is the reference token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm.config.loss import SFTLossConfig
+from llm.model import forward
+from llm.ops.cross_entropy import cross_entropy_plain
+from llm.train.losses.base import Batch, Loss, LossOutput, Put
+from llm.train.losses.causal_lm import CausalLMLoss
+from llm.train.trainable import model_params
+from llm.typing import PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTLoss(CausalLMLoss):
+    """`CausalLMLoss` over the assistant mask, with assistant-token accuracy in validation."""
+
+    name = "sft"
+
+    @classmethod
+    def from_config(cls, cfg: SFTLossConfig, model: Any) -> SFTLoss:
+        return cls(model, cfg.z_loss, cfg.label_smoothing, cfg.chunk_size)
+
+    @functools.cached_property
+    def _eval_sums(self) -> Callable[[PyTree, PyTree, Batch], LossOutput]:
+        """Sums of cross-entropy and of correct greedy predictions over masked tokens."""
+
+        def sums(params: PyTree, frozen: PyTree, batch: Batch) -> LossOutput:
+            out = forward(
+                self.model,
+                model_params(params, frozen),
+                batch["inputs"],
+                positions_BL=batch["positions"],
+                segment_ids_BL=batch["segment_ids"],
+            )
+            logits, targets, mask = out.logits_BLV, batch["targets"], batch["loss_mask"]
+            _, ce = cross_entropy_plain(logits, targets, mask)
+            hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+            weight = jnp.sum(mask.astype(jnp.float32))
+            return LossOutput(total=ce, weight=weight, metrics={"accuracy": jnp.sum(hit * mask)})
+
+        return jax.jit(sums)
+
+    def evaluate(
+        self,
+        params: PyTree,
+        frozen: PyTree,
+        batches: Iterable[dict[str, np.ndarray]],
+        *,
+        tokenizer: Any = None,
+        max_batches: int | None = None,
+        put: Put | None = None,
+    ) -> dict[str, float]:
+        """{"loss": assistant-token cross-entropy, "accuracy": greedy hits, "weight": tokens}."""
+        return Loss.evaluate(
+            self, params, frozen, batches, tokenizer=tokenizer, max_batches=max_batches, put=put
+        )
+
+    def summary(self, metrics: Mapping[str, float]) -> str:
+        m = metrics
+        return (
+            f"val assistant loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f} "
+            f"over {m['weight']:.0f} tokens"
+        )
