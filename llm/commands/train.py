@@ -52,23 +52,25 @@ def run(args: argparse.Namespace) -> int:
     from llm.train.loop import train
 
     result = train(cfg)  # TrainingDiverged: one line and exit status 1 (llm.cli)
-    _print_summary(result)
+    _print_summary(result, cfg)
     if result["stopped"] is None:
         _print_samples(cfg, result["params"])
     return 0
 
 
-def _print_summary(result: dict) -> None:
-    val = result["val"] or {}
+def _print_summary(result: dict, cfg) -> None:
+    from llm.train.losses import make_loss
+
     print(f"run directory: {result['run_dir']}")
     if result["stopped"]:
         print(f"stopped by {result['stopped']} at step {result['step']}; resume by running again")
         return
-    print(
-        f"step {result['step']}: train loss {result['loss']:.4f}, "
-        f"val loss {val.get('loss', float('nan')):.4f} (ppl {val.get('ppl', float('nan')):.2f}, "
-        f"{val.get('bpb', float('nan')):.3f} bits/byte); wall time {result['wall_s']:.0f} s"
-    )
+    loss = result["loss"]
+    trained = "no step run" if loss is None else f"train loss {loss:.4f}"
+    line = f"step {result['step']}: {trained}"
+    if result["val"]:  # the loss's own metrics: perplexity and bits/byte for language models
+        line += f"; {make_loss(cfg).summary(result['val'])}"
+    print(f"{line}; wall time {result['wall_s']:.0f} s")
     if result["skipped"]:
         print(f"spike skipping: {result['skipped']} updates skipped")
 
