@@ -2,8 +2,10 @@
 
 Read from the source with `ast` (nothing is imported), so a cycle that only bites at run
 time, through an import inside a function, is caught too. `from pkg import name` counts as
-importing the submodule `pkg.name` when one exists, else `pkg` itself; a package's
-`__init__` re-exporting its own children is not an edge of a cycle.
+importing the submodule `pkg.name` when one exists, else `pkg` itself; importing a
+submodule from outside its package also enters the package's `__init__` (that is when a
+half-initialised package bites), and a package's `__init__` importing its children is an
+edge like any other.
 """
 
 from __future__ import annotations
@@ -69,8 +71,15 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom) -> list[str]:
         while name and name not in MODULES:
             name = name.rpartition(".")[0]
         if name.startswith("llm") and name != module:
-            out.append(name)
+            out += [name, *_packages_entered(module, name)]
     return out
+
+
+def _packages_entered(module: str, target: str) -> list[str]:
+    """Importing a.b.c from outside package a.b first runs a.b's __init__ (and a's)."""
+    parts = target.split(".")
+    ancestors = [".".join(parts[:i]) for i in range(2, len(parts))]  # not the root `llm`
+    return [a for a in ancestors if not (module == a or module.startswith(a + "."))]
 
 
 def _edges() -> list[tuple[str, str, bool]]:
@@ -93,16 +102,11 @@ def _edges() -> list[tuple[str, str, bool]]:
 EDGES = _edges()
 
 
-def _own_child(a: str, b: str) -> bool:
-    return MODULES[a].name == "__init__.py" and b.startswith(a + ".")
-
-
 def find_cycle(edges: list[tuple[str, str, bool]]) -> list[str] | None:
     """One import cycle as [a, b, ..., a], or None (depth-first search, colours)."""
     graph: dict[str, set[str]] = {}
     for a, b, _ in edges:
-        if not _own_child(a, b):
-            graph.setdefault(a, set()).add(b)
+        graph.setdefault(a, set()).add(b)
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
 
@@ -134,10 +138,15 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_cycle_finder_finds_a_planted_cycle():
-    planted = [*EDGES, ("llm.model.layers", "llm.train.loop", True)]  # loop imports model
+def test_cycle_finder_finds_a_cycle_through_a_package_init():
+    """llm.peft.lora importing llm.train.trainable enters llm/train/__init__, which imports
+    the loop; a loop importing llm.peft would then read a half-initialised package."""
+    lora = ("llm.peft.lora", "llm.train.trainable")
+    planted = [*EDGES, (*lora, False), ("llm.peft.lora", "llm.train", False),
+               ("llm.train.loop", "llm.peft", True)]  # fmt: skip
+    assert _packages_entered(*lora) == ["llm.train"]
     cycle = find_cycle(planted)
-    assert cycle is not None and "llm.model.layers" in cycle and "llm.train.loop" in cycle
+    assert cycle is not None and {"llm.train", "llm.peft.lora", "llm.train.loop"} <= set(cycle)
 
 
 @pytest.mark.parametrize(("low", "high"), FORBIDDEN)

@@ -24,6 +24,7 @@ from llm.config.data import DataConfig
 from llm.config.loss import LOSS_CONFIGS, CausalLMLossConfig, LossConfig
 from llm.config.mesh import MeshConfig
 from llm.config.model import ModelConfig
+from llm.config.peft import PeftConfig
 from llm.config.sections import EvalConfig, OptimConfig, TrainConfig
 from llm.config.serve import ServeConfig
 
@@ -48,6 +49,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     loss: LossConfig = dataclasses.field(default_factory=CausalLMLossConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,7 @@ __all__ = [
     "MeshConfig",
     "ModelConfig",
     "OptimConfig",
+    "PeftConfig",
     "ServeConfig",
     "TrainConfig",
     "config_class",

@@ -34,7 +34,7 @@ from llm.sharding import rules as R
 from llm.sharding.init import ShardingPlan, opt_state_specs, tree_specs
 from llm.train.optim import make_optimizer
 from llm.train.state import TrainState, init_state
-from llm.train.trainable import Split, Trainable
+from llm.train.trainable import Split, Trainable, trainable_from_config
 from llm.typing import PyTree
 
 EXTRA_KEY = 1  # extra components are built from fold_in(seed key, EXTRA_KEY)
@@ -123,7 +123,7 @@ def init_train_state(cfg: Config, layout: StateLayout, loaded: PyTree | None = N
 
 def memory_plan(cfg: Config, n_devices: int, trainable: Trainable | None = None) -> Any:
     """Per-device bytes of this run on `n_devices` (llm.sharding.memory), abstractly."""
-    split = abstract_split(cfg, trainable or Trainable(freeze=cfg.train.freeze))
+    split = abstract_split(cfg, trainable or trainable_from_config(cfg))
     opt = jax.eval_shape(make_tx(cfg, split).init, split.params)
     return memory.plan(cfg, n_devices, split.params, split.params_axes,
                        split.frozen, split.frozen_axes, opt)  # fmt: skip

@@ -10,6 +10,9 @@ that fine-tunes part of it has `"model"` in both trees with disjoint leaves. Oth
 sit beside it under their own names: a value or classification head, an adapter keyed like the
 params it adapts, a reference policy or teacher (frozen), a pruning mask. The base tree keeps
 its paths, so an adapter or mask names the leaves it applies to (STYLE.md, post-training).
+`model_params` applies the adapter components it finds in either tree through a registry
+keyed by component name (`llm.peft.ADAPTERS`; LoRA is llm/peft/lora.py), inside the jitted
+loss, so no loss knows about adapters.
 
 Why two trees and not a mask over one: only `params` goes through `jax.grad` and the
 optimiser, so frozen leaves get no gradient buffer, no optimiser moments and no update at all
@@ -28,6 +31,9 @@ from typing import Any
 
 import jax
 
+from llm.model import abstract_params, logical_axes
+from llm.peft import ADAPTERS, NAME, SCALE_LEAF, find_targets, init_lora, lora_axes
+from llm.train.warm_start import warm_start_config
 from llm.typing import PyTree
 
 MODEL = "model"  # the decoder's component in the params / frozen trees
@@ -40,11 +46,18 @@ class Component:
     build: key -> tree (traced under jit, so it is created directly in its shards).
     axes: the tree's logical axes, a tree of `PartitionSpec`s of the same structure.
     trainable: into `params` (True) or `frozen` (False).
+    freeze: regexes on the tree's own paths whose leaves go to `frozen` even when the
+      component is trainable (a LoRA adapter's fixed scale beside its trained A and B), so
+      the component sits in both trees with disjoint leaves, as the decoder can.
     """
 
     build: Callable[[jax.Array], PyTree]
     axes: PyTree
     trainable: bool = True
+    freeze: tuple[str, ...] = ()
+
+    def is_frozen(self, path: str) -> bool:
+        return not self.trainable or any(re.search(p, path) for p in self.freeze)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +107,14 @@ def merge(a: PyTree, b: PyTree, where: str = "") -> dict:
 
 
 def model_params(params: PyTree, frozen: PyTree) -> PyTree:
-    """The decoder's full param tree: its trainable and frozen leaves merged back."""
-    return merge(params.get(MODEL, {}), frozen.get(MODEL, {}))
+    """The decoder's full param tree: its trainable and frozen leaves merged back, then every
+    registered adapter component found in either tree applied to it (sorted by name)."""
+    model = merge(params.get(MODEL, {}), frozen.get(MODEL, {}))
+    for name in sorted(set(params) | set(frozen)):
+        apply = ADAPTERS.get(name) if name != MODEL else None
+        if apply is not None:
+            model = apply(model, merge(params.get(name, {}), frozen.get(name, {}), f"{name}/"))
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,15 +157,49 @@ class Trainable:
                 tree = comp.build(keys[i])
             else:
                 tree = jax.eval_shape(comp.build, jax.random.key(0))
-            (params if comp.trainable else frozen)[name] = tree
-            (params_axes if comp.trainable else frozen_axes)[name] = comp.axes
+            _place(name, comp, tree, params, frozen)
+            _place(name, comp, comp.axes, params_axes, frozen_axes)
         return Split(params, frozen, params_axes, frozen_axes)
+
+
+def _place(name: str, comp: Component, tree: PyTree, params: dict, frozen: dict) -> None:
+    """Puts a component's tree (or its axes) into params / frozen, split by `comp.freeze`."""
+    if not comp.freeze or not isinstance(tree, Mapping):
+        (params if comp.trainable else frozen)[name] = tree
+        return
+    fixed, trained = _partition(tree, comp.is_frozen)
+    if trained:
+        params[name] = trained
+    if fixed:
+        frozen[name] = fixed
 
 
 def _component(tree: dict) -> dict:
     return {MODEL: tree} if tree else {}
 
 
-def from_config(freeze: tuple[str, ...]) -> Trainable:
-    """The `train.freeze` description (no extra components: those come from Python)."""
-    return Trainable(freeze=tuple(freeze))
+FREEZE_ALL = (".",)  # a train.freeze pattern matching every decoder param
+
+
+def trainable_from_config(cfg: Any) -> Trainable:
+    """What `cfg` trains: the decoder less `train.freeze` (peft.method none), or a LoRA adapter
+    on the whole frozen decoder (peft.method lora; A and B trained, each scale frozen). With
+    `train.init_from` the adapter is shaped for the source's architecture, as the run will be.
+    Bad targets raise here, before any compile."""
+    peft = cfg.peft
+    if peft.method == "none":
+        return Trainable(freeze=tuple(cfg.train.freeze))
+    if cfg.train.freeze:
+        raise ValueError(
+            f"train.freeze: {list(cfg.train.freeze)} with peft.method={peft.method}, which "
+            "already freezes the whole decoder; leave train.freeze empty"
+        )
+    model_cfg = warm_start_config(cfg).model  # train.init_from: the source's architecture
+    model, axes = abstract_params(model_cfg), logical_axes(model_cfg)
+    lora = Component(
+        build=lambda key: init_lora(peft, model, axes, key)[0],
+        axes=lora_axes(find_targets(peft, model, axes)),
+        trainable=True,
+        freeze=(SCALE_LEAF,),
+    )
+    return Trainable(freeze=FREEZE_ALL, extra={NAME: lora})
