@@ -71,7 +71,7 @@ class Split:
 
 
 def path_of(keys: tuple[Any, ...]) -> str:
-    """"blocks/attn/w_q" from a pytree key path (the names `freeze` patterns match)."""
+    """The "blocks/attn/q/w" form of a pytree key path (the names `freeze` patterns match)."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
 
 
