@@ -15,7 +15,8 @@ Only the decoder's params are read. A run checkpoint also holds optimiser moment
 params for AdamW) and any frozen extras; they are never built or read here: orbax restores
 the `params.model` and `frozen.model` subtrees alone (`partial_restore`), and the two are
 merged back into the decoder's tree. Every array's shape and dtype is checked against the
-model config before reading, and a mismatch names the path and the directory.
+model config before reading, and a mismatch names the path and the directory. A run's step is
+verified against its checksums first; a corrupt one is passed over for the next older step.
 
 `shardings` (a params-shaped tree of NamedShardings) restores each array straight into its
 shards, which is how a warm start (`train.init_from`) places a model on a mesh.
@@ -32,6 +33,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from llm.checkpoint.integrity import verify
 from llm.checkpoint.manager import (
     CHECKPOINTS,
     STATE,
@@ -167,6 +169,7 @@ def restore_run_params(
     for s in reversed(steps):
         state_dir = run_dir / CHECKPOINTS / str(s) / STATE
         try:
+            verify(state_dir.parent)  # checksums (llm/checkpoint/integrity.py)
             return _restore_model_subtrees(state_dir, expected, shardings), s
         except CheckpointMismatch:
             raise

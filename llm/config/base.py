@@ -31,8 +31,9 @@ import yaml
 
 T = TypeVar("T")
 
-# Every config dataclass sets this: unknown keys are an error, never silently ignored.
-STRICT = pydantic.ConfigDict(extra="forbid")
+# Every config dataclass sets this: unknown keys are an error, never silently ignored, and
+# no float field takes YAML's .inf or .nan (optim.lr=.inf would train to NaN at step 1).
+STRICT = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ConfigError(ValueError):

@@ -83,6 +83,8 @@ class TrainConfig:
     wandb_project: str | None = None  # log to Weights & Biases under this project (if installed)
     profile_steps: tuple[int, ...] = ()  # [first, last] step of a jax.profiler trace; () = off
     resume: bool = True  # continue from the newest good checkpoint in run_dir
+    overwrite: bool = False  # start over in a run_dir holding checkpoints: deletes them first
+    requeue_exit_status: int = 75  # exit status of a run stopped by a signal (75: EX_TEMPFAIL)
     init_from: str | None = None  # start from these weights: a run, `llm convert` or HF directory
     init_step: int | None = None  # with init_from a run: its checkpoint step; null = newest
     freeze: tuple[str, ...] = ()  # regexes on model param paths ("blocks/attn/w_q") kept frozen
@@ -110,6 +112,7 @@ class TrainConfig:
                 re.compile(pattern)
             except re.error as err:
                 check(False, "freeze", f"{pattern!r} is not a regex: {err}")
+        check(0 <= self.requeue_exit_status <= 255, "requeue_exit_status", "must be in [0, 255]")
         check(self.loss_scale_init > 0, "loss_scale_init", "must be positive")
         check(self.loss_scale_period > 0, "loss_scale_period", "must be positive")
         check(self.spike_window >= 2, "spike_window", "must be at least 2")

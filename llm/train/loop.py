@@ -6,21 +6,27 @@ Order of business each step: next batch -> jitted step (asynchronous dispatch) -
 `log_every` steps the pending metrics are fetched, checked and written. Nothing else forces
 the host to wait for the device, so Python overhead overlaps with compute.
 
-Failure handling:
-  * A non-finite loss or gradient aborts with `TrainingDiverged` naming the step, the loss,
-    the gradient norm and the parameters whose gradients are non-finite. Metrics are always
-    checked before a checkpoint is written, so a diverged state never replaces a good one.
+Failure handling (the promises and their tests: docs/reliability.md):
+  * A non-finite loss, gradient or parameter aborts with `TrainingDiverged` naming the step,
+    the loss, the norms and the parameters whose gradients are non-finite. Metrics are always
+    checked before a checkpoint is written (and the Checkpointer refuses a non-finite state),
+    so a diverged state never replaces a good one.
   * With `train.spike_skip`, spiking steps are skipped inside the step (see step.py) and
     counted; the count is logged and reported at the end.
-  * SIGTERM / SIGINT set a flag; the loop finishes the current step, writes a checkpoint,
-    waits for it to reach the disk and returns (`result["stopped"]` is the signal name).
-    A second SIGINT interrupts at once.
-  * On start the newest good checkpoint in `run_dir` is restored (`train.resume`), together
-    with the data iterator's position, so the continued run matches an uninterrupted one.
-    Otherwise `train.init_from` names weights to start from (a run, an `llm convert` or a
-    Hugging Face directory, `llm.checkpoint.load_model`): they are restored straight into
-    their shards, the optimiser state is fresh, and step 0 is evaluated so the starting
-    point is on record. A resumed warm start continues from its own checkpoints.
+  * SIGTERM / SIGINT, from the start of `train()` on, set a flag (preemption.py); the loop
+    finishes the current step, writes a checkpoint, waits for it to reach the disk and returns
+    `stopped` (the signal name) and `exit_status` (`train.requeue_exit_status`).
+  * The final checkpoint is on disk before the final evaluation (and before the caller
+    samples); any other error inside the loop first saves the steps since the last checkpoint
+    when their metrics are finite.
+  * On start the run-directory rules apply (run_dir.py): the newest checkpoint that verifies
+    is restored with the data iterator's position, so the continued run matches an
+    uninterrupted one; a fresh run in a directory with checkpoints needs `train.overwrite`;
+    a finished run trains nothing. Otherwise `train.init_from` names weights to start from
+    (a run, an `llm convert` or a Hugging Face directory, `llm.checkpoint.load_model`): they
+    are restored straight into their shards, the optimiser state is fresh, and step 0 is
+    evaluated so the starting point is on record. A resumed warm start continues from its
+    own checkpoints. `config.yaml` is only written once these checks passed.
 
 What is trained and how it is scored are arguments, not code paths: `loss` (a
 `llm.train.losses.Loss`, default: the one `cfg.loss` names) and `trainable` (a
@@ -29,7 +35,7 @@ What is trained and how it is scored are arguments, not code paths: `loss` (a
 
 from __future__ import annotations
 
-import signal
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,7 +45,8 @@ import jax
 import numpy as np
 
 from llm.checkpoint import Checkpointer, load_model
-from llm.config import Config, check, save_config, to_dict
+from llm.checkpoint.manager import NonFiniteState
+from llm.config import Config, check, to_dict
 from llm.data import make_batches
 from llm.data.device import to_device
 from llm.data.objectives import mlm_mask_id
@@ -53,7 +60,10 @@ from llm.tokenizers import load_tokenizer
 from llm.train.build import init_train_state, state_layout
 from llm.train.losses import Loss, check_batch_leaves, make_loss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
-from llm.train.optim import make_schedule, param_paths
+from llm.train.monitor import Silent, TrainingDiverged, Window, flush
+from llm.train.optim import make_schedule
+from llm.train.preemption import SignalFlag
+from llm.train.run_dir import CONFIG, logged, refuse_fresh_start, start_over, write_config
 from llm.train.state import TrainState
 from llm.train.step import make_train_step
 from llm.train.trainable import Trainable, model_params
@@ -62,63 +72,11 @@ from llm.train.warm_start import warm_start_config
 Batches = Iterator[dict[str, np.ndarray]]
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or gradients became NaN/Inf; the last good checkpoint is untouched."""
-
-
 def default_batches(cfg: Config, split: str, tokenizer: Any) -> Batches:
     # this process's rows of every global batch: all processes together make the batch
     return make_batches(
         cfg, split, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
     )
-
-
-class _Silent:
-    """The logger of processes other than 0: every process trains, only process 0 logs."""
-
-    def log(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    message = advance = log
-
-    def close(self) -> None:
-        pass
-
-
-class _SignalFlag:
-    """Records SIGTERM/SIGINT instead of dying; restores the old handlers on exit."""
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _SignalFlag:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.name == "SIGINT" and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.name = signal.Signals(signum).name
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def _diverged_message(step: int, m: dict[str, Any]) -> str:
-    bad = [p for p, ok in zip(*_flat_paths(m["grad_finite"]), strict=True) if not ok]
-    where = ", ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
-    return (
-        f"non-finite training at step {step}: loss={m['loss']}, grad_norm={m['grad_norm']}, "
-        f"param_norm={m['param_norm']}, lr={m['lr']}; non-finite gradients in: {where or 'none'}. "
-        "No checkpoint was written after the last good one."
-    )
-
-
-def _flat_paths(tree: Any) -> tuple[list[str], list[Any]]:
-    return jax.tree.leaves(param_paths(tree)), jax.tree.leaves(tree)
 
 
 class Trainer:
@@ -138,8 +96,6 @@ class Trainer:
         self.cfg, t = cfg, cfg.train
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if jax.process_index() == 0:
-            save_config(cfg, self.run_dir / "config.yaml")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.data.tokenizer)
         self.loss = loss if loss is not None else make_loss(cfg)
         _check_data(cfg, self.tokenizer, self.loss)
@@ -166,21 +122,37 @@ class Trainer:
         if val_batches is None:
             val_batches = lambda: default_batches(cfg, "validation", self.tokenizer)  # noqa: E731
         self.batches, self.val_batches = train_batches, val_batches
-        self.resumed_from = self._resume() if t.resume else None
         self.warm_from: str | None = None
-        if self.resumed_from is None:
-            self.state = init_train_state(cfg, self.layout, self._initial_weights())
-        self.start = int(self.state.step)
+        self.notes: list[str] = []  # what the start did to the run directory, logged by _run
+        self.resumed_from = self._start()
+        self.start = self.drawn = int(self.state.step)  # drawn: batches taken from `batches`
         self.val: dict[str, float] | None = None
         self.profiling = False
 
-    def _resume(self) -> int | None:
-        restored = self.ckpt.restore(self.layout.abstract_sharded())
+    def _start(self) -> int | None:
+        """Resumes, starts fresh or starts over by the run-directory rules (run_dir.py);
+        returns the step resumed from. Writes config.yaml only once every check passed."""
+        t, restored = self.cfg.train, None
+        if t.resume and not t.overwrite:
+            restored = self.ckpt.restore(self.layout.abstract_sharded())
+        elif not t.overwrite:
+            refuse_fresh_start(self.run_dir, self.ckpt)
         if restored is None:
-            return None
-        self.state: TrainState = restored.state
-        self.batches.set_state(restored.data_state)
-        return restored.step
+            self.state: TrainState = init_train_state(
+                self.cfg, self.layout, self._initial_weights()
+            )
+            if t.overwrite and (gone := start_over(self.run_dir, self.ckpt)):
+                self.notes.append(f"train.overwrite: deleted the old run's {', '.join(gone)}")
+        else:
+            self.batches.set_state(restored.data_state)  # refuses another stream's state
+            self.state = restored.state
+            if restored.unreadable:
+                moved = self.ckpt.set_aside(restored.unreadable)
+                self.notes.append(f"unreadable checkpoints moved to {', '.join(map(str, moved))}")
+        step = 0 if restored is None else restored.step
+        if step < t.steps and (kept := write_config(self.cfg, self.run_dir, step)):
+            self.notes.append(f"{CONFIG} changed at step {step}; the old one is kept as {kept}")
+        return None if restored is None else restored.step
 
     def _initial_weights(self) -> Any:
         """None (fresh init) or the `train.init_from` model, restored into its shards."""
@@ -210,10 +182,14 @@ class Trainer:
             "init_from": self.warm_from,
         }
 
-    def save(self, val_loss: float | None = None) -> None:
-        self.ckpt.save(
-            self.state, data_state=self.batches.get_state(), meta=self.meta, val_loss=val_loss
-        )
+    def save(self, val_loss: float | None = None) -> bool:
+        """Starts a checkpoint of the current state; False if this state is on disk already."""
+        try:
+            return self.ckpt.save(
+                self.state, data_state=self.batches.get_state(), meta=self.meta, val_loss=val_loss
+            )
+        except NonFiniteState as err:
+            raise TrainingDiverged(f"{err}; the last good checkpoint is untouched") from None
 
     def run_eval(self, log: MetricsLogger) -> dict[str, float]:
         """The loss's own validation metrics (perplexity and bpb for language modelling)."""
@@ -252,24 +228,6 @@ def _check_data(cfg: Config, tokenizer: Any, loss: Loss) -> None:
         )
 
 
-class _Window:
-    """Metrics of the steps since the last flush, with the wall time they took."""
-
-    def __init__(self, step: int) -> None:
-        self.pending: list[tuple[int, dict[str, Any]]] = []
-        self.t0 = time.perf_counter()
-        self.first_step = step
-        self.untimed = 0  # leading steps excluded from the step time (the compiling one)
-
-    def exclude_compile(self) -> None:
-        """Called after the run's first step: its time is compilation, not a step."""
-        jax.block_until_ready(self.pending[-1][1])
-        self.untimed, self.t0 = len(self.pending), time.perf_counter()
-
-    def add(self, step: int, metrics: dict[str, Any]) -> None:
-        self.pending.append((step, metrics))
-
-
 def train(
     cfg: Config,
     *,
@@ -285,42 +243,23 @@ def train(
     `train_batches` must offer `get_state()` / `set_state()` like `llm.data.make_batches`.
     `loss` and `trainable` replace what `cfg.loss` and `train.freeze` describe (notebooks,
     losses written in Python, extra components such as heads or a reference model).
+    A run stopped by a signal returns `stopped` (its name) and a nonzero `exit_status`.
     """
     initialize(cfg.mesh)  # multi-host jobs join here; a no-op for one process
-    trainer = Trainer(
-        cfg,
-        train_batches=train_batches,
-        val_batches=val_batches,
-        tokenizer=tokenizer,
-        loss=loss,
-        trainable=trainable,
-    )
-    try:
-        return _run(trainer)
-    finally:
-        trainer.ckpt.wait()
-        trainer.ckpt.close()
-
-
-def _flush(tr: Trainer, window: _Window, log: MetricsLogger, rates: tuple[float, float]) -> float:
-    """Fetches pending metrics, aborts on non-finite ones, logs every step; returns last loss."""
-    fetched = jax.device_get([m for _, m in window.pending])
-    elapsed = time.perf_counter() - window.t0
-    n = len(fetched)
-    step_s = elapsed / max(n - window.untimed, 1)
-    tokens_per_s = tr.cfg.train.batch_size * tr.cfg.train.seq_len / step_s
-    flops_per_tok, peak = rates
-    for (step, _), m in zip(window.pending, fetched, strict=True):
-        if not bool(m["finite"]):
-            raise TrainingDiverged(_diverged_message(step, m))
-        record = {k: v for k, v in m.items() if k not in ("finite", "grad_finite")}
-        record.update(tr.loss.derived_metrics(record))
-        record.update(step_s=step_s, tokens_per_s=tokens_per_s)
-        record["mfu"] = flops_per_tok * tokens_per_s / peak
-        log.log(step, record)
-    last = fetched[-1]
-    log.advance(n, float(last["loss"]))
-    return float(last["loss"])
+    with SignalFlag() as flag:  # from here on a signal is recorded, never fatal
+        trainer = Trainer(
+            cfg,
+            train_batches=train_batches,
+            val_batches=val_batches,
+            tokenizer=tokenizer,
+            loss=loss,
+            trainable=trainable,
+        )
+        try:
+            return _run(trainer, flag)
+        finally:
+            trainer.ckpt.wait()
+            trainer.ckpt.close()
 
 
 def _profile(tr: Trainer, step: int, end: bool = False) -> None:
@@ -337,60 +276,31 @@ def _profile(tr: Trainer, step: int, end: bool = False) -> None:
         tr.profiling = False
 
 
-def _run(tr: Trainer) -> dict[str, Any]:
-    cfg, t = tr.cfg, tr.cfg.train
-    rates = (
-        train_flops_per_token(cfg.model, t.seq_len),
-        t.peak_flops or measure_peak_flops(cfg.model.dtype),
-    )
+def _run(tr: Trainer, flag: SignalFlag) -> dict[str, Any]:
+    t = tr.cfg.train
     log = (
-        MetricsLogger(tr.run_dir, cfg, total_steps=t.steps, start_step=tr.start)
+        MetricsLogger(tr.run_dir, tr.cfg, total_steps=t.steps, start_step=tr.start)
         if jax.process_index() == 0
-        else _Silent()
+        else Silent()
     )
-    t_start, loss, step = time.perf_counter(), None, tr.start
-    if tr.resumed_from is not None:
-        log.message(f"resumed from the checkpoint at step {tr.resumed_from} in {tr.ckpt.directory}")
-    elif tr.warm_from is not None:
-        log.message(f"starting from the weights of {tr.warm_from}")
-        tr.run_eval(log)  # step 0: the starting point's validation metrics
+    t_start, loss, stopped = time.perf_counter(), None, None
+    for note in tr.notes:
+        log.message(note)
     try:
-        with _SignalFlag() as flag:
-            window = _Window(step)
-            while step < t.steps and flag.name is None:
-                _profile(tr, step)
-                batch = tr.put(next(tr.batches))  # global arrays from local rows
-                tr.state, metrics = tr.step_fn(tr.state, batch)
-                step += 1
-                window.add(step, metrics)
-                if step == tr.start + 1:
-                    window.exclude_compile()
-                evaluating = bool(t.eval_every) and step % t.eval_every == 0 and step < t.steps
-                saving = bool(t.ckpt_every) and step % t.ckpt_every == 0 and step < t.steps
-                if step % t.log_every == 0 or step == t.steps or evaluating or saving or flag.name:
-                    loss = _flush(tr, window, log, rates)
-                    if evaluating:
-                        tr.run_eval(log)
-                    if saving or evaluating:
-                        tr.save(tr.val["loss"] if evaluating else None)
-                    window = _Window(step)
-            stopped = flag.name
-        if window.pending:
-            loss = _flush(tr, window, log, rates)
-        if stopped:
-            log.message(f"{stopped} received: saving a checkpoint at step {step} and stopping")
+        if tr.start >= t.steps:
+            loss = _already_finished(tr, log)
         else:
-            tr.run_eval(log)
-        tr.save(None if stopped else tr.val["loss"])
-        tr.ckpt.wait()
+            loss, stopped = _train(tr, flag, log)
     finally:
         log.close()
-        _profile(tr, step, end=True)
+        _profile(tr, tr.start, end=True)
     return {
-        "step": step,
+        "step": int(tr.state.step),
         "loss": loss,
         "val": tr.val,
         "stopped": stopped,
+        "exit_status": t.requeue_exit_status if stopped else 0,
+        "already_finished": tr.start >= t.steps,
         "skipped": int(tr.state.skipped),
         "resumed_from": tr.resumed_from,
         "wall_s": time.perf_counter() - t_start,
@@ -398,3 +308,92 @@ def _run(tr: Trainer) -> dict[str, Any]:
         "params": tr.model_params,
         "state": tr.state,
     }
+
+
+def _already_finished(tr: Trainer, log: MetricsLogger) -> float:
+    """Running a finished run again trains and writes nothing; it reports the logged result
+    (and evaluates only when a kill came between the final checkpoint and its evaluation)."""
+    where = "reaches" if tr.start == tr.cfg.train.steps else "is past"
+    log.message(
+        f"{tr.run_dir} is finished: its checkpoint at step {tr.start} {where} "
+        f"train.steps={tr.cfg.train.steps}; nothing to train (raise train.steps to go on)"
+    )
+    tr.val = logged(tr.run_dir, tr.start, "val")
+    if tr.val is None:
+        tr.run_eval(log)
+    return (logged(tr.run_dir, tr.start, "train") or {}).get("loss", math.nan)
+
+
+def _train(tr: Trainer, flag: SignalFlag, log: MetricsLogger) -> tuple[float | None, str | None]:
+    """The steps, then the final checkpoint and evaluation; returns (last loss, signal name)."""
+    cfg, t = tr.cfg, tr.cfg.train
+    rates = (
+        t.batch_size * t.seq_len,
+        train_flops_per_token(cfg.model, t.seq_len),
+        t.peak_flops or measure_peak_flops(cfg.model.dtype),
+    )
+    if tr.resumed_from is not None:
+        log.message(f"resumed from the checkpoint at step {tr.resumed_from} in {tr.ckpt.directory}")
+    elif tr.warm_from is not None and flag.name is None:
+        log.message(f"starting from the weights of {tr.warm_from}")
+        tr.run_eval(log)  # step 0: the starting point's validation metrics
+    loss, step, window = None, tr.start, Window(tr.start)
+    try:
+        while step < t.steps and flag.name is None:
+            _profile(tr, step)
+            batch = next(tr.batches)
+            tr.drawn += 1
+            tr.state, metrics = tr.step_fn(tr.state, tr.put(batch))  # global arrays from rows
+            step += 1
+            window.add(step, metrics)
+            if step == tr.start + 1:
+                window.exclude_compile()
+            evaluating = bool(t.eval_every) and step % t.eval_every == 0 and step < t.steps
+            saving = bool(t.ckpt_every) and step % t.ckpt_every == 0 and step < t.steps
+            if step % t.log_every == 0 or step == t.steps or evaluating or saving or flag.name:
+                loss = flush(window, log, tr.loss.derived_metrics, rates)
+                if evaluating:
+                    tr.run_eval(log)
+                if saving or evaluating:
+                    tr.save(tr.val["loss"] if evaluating else None)
+                window = Window(step)
+        if window.pending:
+            loss = flush(window, log, tr.loss.derived_metrics, rates)
+    except TrainingDiverged:
+        raise
+    except Exception:
+        _save_before_failing(tr, window, log, rates)
+        raise
+    return loss, _finish(tr, flag, log, step)
+
+
+def _finish(tr: Trainer, flag: SignalFlag, log: MetricsLogger, step: int) -> str | None:
+    """The final checkpoint, on disk before the final evaluation; returns the signal name."""
+    stopped = flag.name
+    if step == tr.start:  # a signal before the first step: nothing new to save
+        on_disk = f"step {step} is on disk" if tr.resumed_from is not None else "nothing trained"
+        log.message(f"{stopped} received before the first step: no checkpoint needed ({on_disk})")
+        return stopped
+    tr.save()
+    tr.ckpt.wait()
+    if stopped:
+        log.message(f"{stopped} received: saved a checkpoint at step {step} and stopping")
+    else:
+        tr.run_eval(log)
+    return stopped
+
+
+def _save_before_failing(tr: Trainer, window: Window, log: MetricsLogger, rates) -> None:
+    """After an unexpected error in the loop (evaluation, data, logging), saves the steps since
+    the last checkpoint if their metrics are finite and the data stream matches the state."""
+    try:
+        if window.pending:
+            flush(window, log, tr.loss.derived_metrics, rates)
+        step = int(tr.state.step)
+        if tr.drawn != step:
+            log.message(f"error before step {tr.drawn} finished: step {step} is not saved")
+        elif tr.save():
+            tr.ckpt.wait()
+            log.message(f"error after step {step}: saved a checkpoint of it before stopping")
+    except Exception as err:  # the state itself may be what failed
+        log.message(f"error: no checkpoint could be saved after it ({err!r:.200})")

@@ -16,7 +16,9 @@ What it does, in order:
   3. Applies the optimiser unless the step is bad: non-finite loss/gradients (the loop then
      aborts, see loop.py) or, with `spike_skip`, a loss or gradient norm above
      mean + k*std of the last `spike_window` accepted steps. A skipped step leaves params and
-     optimiser state untouched and counts in `state.skipped`.
+     optimiser state untouched and counts in `state.skipped`. An update that makes a
+     parameter non-finite (optim.lr far too high) also clears `metrics["finite"]`, read off
+     the new params' norm, so the loop aborts before that state can reach a checkpoint.
 
 Shardings: pass `state_shardings` / `batch_sharding` (NamedShardings; the batch's is a dict
 with one per leaf, from the loss's `batch_axes`) to place the step on a mesh; with None, jit
@@ -98,17 +100,26 @@ def _update_unless_bad(
     while the new ones are written over them, so XLA copies every moment first; on CPU that
     more than doubled the update's time (docs/LOG.md). The cond's false branch returns its
     operands, which with the donated state costs nothing.
+
+    Both branches must return the state's own dtypes: with bfloat16 or float16 params the
+    float32 gradients promote the optimiser's moments (and some updates) to float32, so the
+    update casts them back. The state keeps the dtypes it was created with, step after step
+    (a float32 run is unaffected: a cast to the same dtype is no operation).
     """
 
     def update(operands: tuple[PyTree, Array, PyTree, Any]) -> tuple[PyTree, Any]:
         g, scale, p, o = operands
         updates, new_o = tx.update(jax.tree.map(lambda x: x * scale, g), o, p)
-        return optax.apply_updates(p, updates), new_o
+        return _same_dtypes(optax.apply_updates(p, updates), p), _same_dtypes(new_o, o)
 
     def keep(operands: tuple[PyTree, Array, PyTree, Any]) -> tuple[PyTree, Any]:
         return operands[2], operands[3]
 
     return jax.lax.cond(ok, update, keep, (grads, inv, params, opt_state))
+
+
+def _same_dtypes(new: PyTree, like: PyTree) -> PyTree:
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, like)
 
 
 def _next_loss_scale(cfg: Any, state: TrainState, grads_ok: Array) -> tuple[Array, Array]:
@@ -165,13 +176,15 @@ def train_step(
         spike_seen=state.spike_seen + ok.astype(jnp.int32),
         skipped=state.skipped + (finite & ~ok).astype(jnp.int32),
     )
+    # in float32: a float16 tree's sum of squares overflows long before its entries do
+    param_norm = optax.tree.norm(jax.tree.map(lambda p: p.astype(jnp.float32), new_state.params))
     metrics = {
         "loss": loss,
         "grad_norm": gnorm,
-        "param_norm": optax.tree.norm(new_state.params),
+        "param_norm": param_norm,
         "lr": schedule(state.step),
         "tokens": out.weight,
-        "finite": finite,
+        "finite": finite & jnp.isfinite(param_norm),  # no checkpoint is written unless true
         "skipped": new_state.skipped,
         "loss_scale": scale,
         "grad_finite": jax.tree.map(jnp.isfinite, sumsq),

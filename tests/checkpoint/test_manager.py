@@ -1,4 +1,6 @@
-"""Checkpoints: round trip, retention, half-written and corrupted ones skipped, mismatches named."""
+"""Checkpoints: round trip, retention across restarts, half-written and corrupted ones skipped,
+mismatches named, and what a save refuses (a step it did not write, NaN/Inf, a data state at
+another step). File-by-file corruption: test_integrity.py."""
 
 import dataclasses
 import os
@@ -12,6 +14,8 @@ import optax
 import pytest
 
 from llm.checkpoint import Checkpointer, CheckpointMismatch, NoUsableCheckpoint
+from llm.checkpoint.integrity import write_manifest
+from llm.checkpoint.manager import CheckpointExists, NonFiniteState
 from llm.train.state import init_state
 
 PARAMS = {"blocks": {"w": jnp.arange(12.0).reshape(3, 4)}, "norm": {"scale": jnp.ones(4)}}
@@ -106,3 +110,68 @@ def test_shape_mismatch_names_the_path(ckpt):
     assert (
         "params.norm.scale: checkpoint has shape (4,) float32, config expects (4,) bfloat16" in text
     )
+
+
+def test_best_checkpoint_survives_a_restart(tmp_path):
+    first = Checkpointer(tmp_path, keep=2, keep_best=1)
+    for step, val in [(1, 1.0), (2, 3.0)]:
+        _save(first, step, val)
+    first.close()
+    again = Checkpointer(tmp_path, keep=2, keep_best=1)  # a resumed run: metrics read from disk
+    for step in (3, 4):
+        _save(again, step)
+    again.close()
+    assert Checkpointer(tmp_path, keep=2, keep_best=1).steps() == [1, 3, 4]
+
+
+def test_a_step_on_disk_is_never_kept_as_another_state(ckpt, tmp_path):
+    _save(ckpt, 1)
+    assert ckpt.save(_state(1), data_state={"next": 1}, meta={}) is False  # its own: the same
+    ckpt.wait()
+    other = Checkpointer(tmp_path, keep=2)  # another writer (or a new model) in the directory
+    with pytest.raises(CheckpointExists, match=r"checkpoints/1 already exists .* train.overwrite"):
+        other.save(_state(1), data_state={"next": 1}, meta={})
+    other.close()
+    restored = ckpt.restore(_state(0))
+    assert restored.step == 1 and restored.data_state == {"next": 1}
+
+
+def test_non_finite_state_is_never_saved(ckpt):
+    bad = _state(3)
+    params = {"blocks": {"w": bad.params["blocks"]["w"].at[1, 2].set(jnp.inf)},
+              "norm": {"scale": bad.params["norm"]["scale"].at[0].set(jnp.nan)}}  # fmt: skip
+    with pytest.raises(NonFiniteState, match=r"step 3: non-finite .* params.blocks.w, .*scale"):
+        ckpt.save(dataclasses.replace(bad, params=params), data_state={}, meta={})
+    ckpt.wait()
+    assert ckpt.steps() == []
+
+
+def test_data_state_must_be_at_the_step(ckpt):
+    with pytest.raises(ValueError, match="data state is at batch 4 but the train state at step 5"):
+        ckpt.save(_state(5), data_state={"next_batch": 4}, meta={})
+    for step in (4, 5):
+        ckpt.save(_state(step), data_state={"next_batch": step}, meta={})
+    ckpt.wait()
+    # A writer that saved the wrong position (checksums written over it): passed over.
+    step5 = ckpt.directory / "5"
+    (step5 / "data" / "metadata").write_text('{"next_batch": 3}')
+    write_manifest(step5)
+    restored = ckpt.restore(_state(0))
+    assert restored.step == 4 and restored.unreadable == [5]
+
+
+def test_set_aside_frees_the_step_number(ckpt, tmp_path):
+    _save(ckpt, 1)
+    _save(ckpt, 2)
+    ckpt.wait()
+    _truncate_arrays(ckpt.directory / "2")
+    fresh = Checkpointer(tmp_path, keep=2)  # the next process: step 2 is not its own
+    restored = fresh.restore(_state(0))
+    assert restored.step == 1 and restored.unreadable == [2]
+    (moved,) = fresh.set_aside(restored.unreadable)
+    assert moved == tmp_path / "unreadable-checkpoints" / "2" and (moved / "state").is_dir()
+    assert fresh.save(_state(2), data_state={"next": 2}, meta={}) is True  # written afresh
+    fresh.wait()
+    np.testing.assert_array_equal(fresh.restore(_state(0)).state.params["blocks"]["w"],
+                                  _state(2).params["blocks"]["w"])  # fmt: skip
+    fresh.close()

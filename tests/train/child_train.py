@@ -4,6 +4,7 @@
 
 With --block-after N, asking for batch N+1 writes RUN_DIR/blocked and sleeps, so the parent
 can SIGKILL the process at a known point, after the checkpoints of steps <= N were started.
+Exits with `train()`'s `exit_status`, as `llm train` does: 0 finished, 75 stopped by a signal.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
         val_batches=lambda: SyntheticBatches(8, 16, seed=1, limit=2),
     )
     print(f"finished step={result['step']} stopped={result['stopped']}", flush=True)
+    sys.exit(result["exit_status"])
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_nan_aborts_and_keeps_the_last_good_checkpoint(tiny):
     assert ckpt.steps() == [5, 10]
     restored = ckpt.restore(_like(cfg))
     ckpt.close()
-    assert restored.step == 10 and restored.data_state == {"index": 10}
+    assert restored.step == 10 and restored.data_state == {"next_batch": 10}
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.state.params))
     logged = [json.loads(line)["step"] for line in open(cfg.train.run_dir + "/metrics.jsonl")]
     assert logged == list(range(1, 13))  # steps before the bad one are logged, none after

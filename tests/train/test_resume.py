@@ -46,9 +46,9 @@ def _start(run_dir: Path, *args: str) -> subprocess.Popen:
     return proc
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+def _finish(proc: subprocess.Popen, timeout: float = 240, status: int = 0) -> str:
     out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
+    assert proc.returncode == status, out
     return out
 
 
@@ -105,12 +105,12 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path):
     metrics = run_dir / "metrics.jsonl"
     _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
-    out = _finish(proc, timeout=120)
-    assert "SIGTERM received: saving a checkpoint" in out and "stopped=SIGTERM" in out
+    out = _finish(proc, timeout=120, status=75)  # train.requeue_exit_status: requeue me
+    assert "SIGTERM received: saved a checkpoint" in out and "stopped=SIGTERM" in out
     last_logged = max(_train_losses(run_dir))
     cfg = tiny_config(run_dir, "train.steps=100000")
     ckpt = Checkpointer(run_dir, keep=3)
     restored = ckpt.restore(_like(cfg))
     ckpt.close()
     assert restored.step == last_logged == int(restored.state.step)
-    assert restored.data_state == {"index": last_logged}
+    assert restored.data_state == {"next_batch": last_logged}

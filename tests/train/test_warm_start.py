@@ -138,7 +138,7 @@ def test_llm_train_samples_with_the_sources_architecture(source, tmp_path, capsy
     """The preset says 4 layers of d_model 128 (configs/default.yaml); the source has 2 of 32."""
     _, ours, data = source
     args = [f"train.init_from={ours}", f"train.run_dir={tmp_path / 'run'}", "train.steps=1",
-            "eval.samples=1", "eval.sample_tokens=4", *_overrides(data)]  # fmt: skip
+            *_overrides(data), "eval.samples=1", "eval.sample_tokens=4"]  # fmt: skip
     assert main(["train", "--config", "configs/default.yaml", *args]) == 0
     out = capsys.readouterr()
     assert "--- sample 1 ---" in out.out  # sampled with the 2-layer source model

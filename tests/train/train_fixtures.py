@@ -1,7 +1,8 @@
 """Tiny configs and a small resumable in-memory batch iterator (the `make_batches` protocol).
 
 Batches are windows of a fixed text (byte tokens) at offsets drawn from a generator seeded
-by (seed, batch index), so `set_state({"index": i})` continues the exact stream.
+by (seed, batch index), so `set_state({"next_batch": i})` continues the exact stream (the
+state's key is the pipeline's, `llm.data.pipeline`, which checkpoints check against the step).
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ class SyntheticBatches:
         }
 
     def get_state(self) -> dict[str, int]:
-        return {"index": self.index}
+        return {"next_batch": self.index}
 
     def set_state(self, state: dict[str, int]) -> None:
-        self.index = int(state["index"])
+        self.index = int(state["next_batch"])
 
 
 TINY = [
