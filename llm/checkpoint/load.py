@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import PartitionSpec
 
 from llm.checkpoint.integrity import verify
 from llm.checkpoint.manager import (
@@ -43,6 +44,7 @@ from llm.checkpoint.manager import (
 )
 from llm.config import Config, load_config
 from llm.model import abstract_params
+from llm.peft import ADAPTERS
 from llm.tokenizers import load_tokenizer
 from llm.typing import PyTree
 
@@ -97,7 +99,7 @@ def load_model(path: str | Path, step: int | None = None, shardings: PyTree = No
         params, found = _restore(p / "params", abstract_params(cfg.model), shardings), 0
     else:
         params, found = restore_run_params(p, cfg, step, shardings)
-    return LoadedModel(cfg, params, _tokenizer(cfg, p), found, layout, p)
+    return LoadedModel(cfg, params, tokenizer_with_template(cfg.data.tokenizer), found, layout, p)
 
 
 def model_config_of(path: str | Path) -> Config:
@@ -117,13 +119,18 @@ def _with_local_tokenizer(cfg: Config, path: Path) -> Config:
     return cfg
 
 
-def _tokenizer(cfg: Config, path: Path) -> Any:
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    config = path / "tokenizer_config.json"
-    if config.is_file() and "chat_template" in json.loads(config.read_text()):
+def tokenizer_with_template(spec: str) -> Any:
+    """`load_tokenizer(spec)`, with the chat template of the model the tokenizer file came
+    from (its directory's tokenizer_config.json): SmolLM2's ChatML, not our default."""
+    tokenizer = load_tokenizer(spec)
+    home = Path(spec).parent
+    config = home / "tokenizer_config.json"
+    if Path(spec).is_file() and config.is_file() and "chat_template" in json.loads(
+        config.read_text()
+    ):
         from llm.interop.chat_template import ChatTemplate  # optional: jinja2
 
-        tokenizer.chat_template = ChatTemplate.from_dir(path)
+        tokenizer.chat_template = ChatTemplate.from_dir(home)
     return tokenizer
 
 
@@ -180,13 +187,14 @@ def restore_run_params(
 
 
 def _restore_model_subtrees(state_dir: Path, expected: PyTree, shardings: PyTree) -> PyTree:
-    """The decoder's leaves from `params.model` and `frozen.model` (or legacy `params`)."""
+    """The decoder's leaves from `params.model` and `frozen.model` (or legacy `params`), with
+    every adapter the run trained (`llm.peft.ADAPTERS`: a LoRA run) merged into them."""
     tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
-    if MODEL in tree.get("params", {}):
-        frozen = tree.get("frozen", {}).get(MODEL, {})
-        roots = {("params", MODEL): tree["params"][MODEL], ("frozen", MODEL): frozen}
+    if "frozen" in tree:
+        params, frozen = tree["params"], tree["frozen"]
+        roots = {("params", MODEL): params.get(MODEL, {}), ("frozen", MODEL): frozen.get(MODEL, {})}
     else:  # checkpoints written before the trainable/frozen split
-        roots = {("params",): tree["params"]}
+        params, frozen, roots = {}, {}, {("params",): tree["params"]}
     item, args, found, where = {}, {}, {}, {}
     flat = jax.tree_util.tree_flatten_with_path(expected)[0]
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # no mesh: the default device
@@ -198,16 +206,45 @@ def _restore_model_subtrees(state_dir: Path, expected: PyTree, shardings: PyTree
             if meta is not None:
                 name = path_name(path)
                 found[name], where[name] = (tuple(meta.shape), str(meta.dtype)), [*root, *keys]
-                target = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-                _set(item, where[name], target)
-                _set(args, where[name], ocp.ArrayRestoreArgs(sharding=sharding, dtype=leaf.dtype))
+                _want(item, args, where[name], leaf.shape, leaf.dtype, sharding)
                 break
     _check(expected, found, state_dir)
+    adapters = sorted(n for n in ADAPTERS if n in params or n in frozen)
+    replicated = _replicated(flat_sh[0]) if flat_sh else one
+    for name in adapters:  # whole subtrees, replicated: small next to the decoder
+        for root, sub in (("params", params.get(name, {})), ("frozen", frozen.get(name, {}))):
+            for path, meta in jax.tree_util.tree_flatten_with_path(sub)[0]:
+                keys = [root, name, *(str(getattr(k, "key", k)) for k in path)]
+                _want(item, args, keys, tuple(meta.shape), meta.dtype, replicated)
     restore = ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
     restored = ocp.PyTreeCheckpointer().restore(state_dir, args=restore)
-    return jax.tree_util.tree_map_with_path(
+    model = jax.tree_util.tree_map_with_path(
         lambda path, _: _get(restored, where[path_name(path)]), expected
     )
+    for name in adapters:
+        adapter = _union(restored.get("params", {}).get(name, {}),
+                         restored.get("frozen", {}).get(name, {}))  # fmt: skip
+        model = ADAPTERS[name](model, adapter)
+    return model
+
+
+def _want(item: dict, args: dict, keys: list[str], shape, dtype, sharding) -> None:
+    """Asks the partial restore for one array at `keys`, placed by `sharding`."""
+    _set(item, keys, jax.ShapeDtypeStruct(shape, dtype, sharding=sharding))
+    _set(args, keys, ocp.ArrayRestoreArgs(sharding=sharding, dtype=dtype))
+
+
+def _replicated(sharding: Any) -> Any:
+    mesh = getattr(sharding, "mesh", None)
+    return sharding if mesh is None else jax.sharding.NamedSharding(mesh, PartitionSpec())
+
+
+def _union(a: dict, b: dict) -> dict:
+    """Two nested dicts with disjoint leaves as one (an adapter's trained and frozen parts)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _union(out[key], value) if key in out else value
+    return out
 
 
 def _check(expected: PyTree, found: dict, where: Path) -> None:

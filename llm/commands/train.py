@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(result, cfg)
     if result["stopped"] is None:
         _print_samples(cfg, result["params"])
-    return 0
+    return result["exit_status"]  # train.requeue_exit_status when a signal stopped the run
 
 
 def _print_summary(result: dict, cfg) -> None:

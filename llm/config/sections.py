@@ -87,7 +87,7 @@ class TrainConfig:
     requeue_exit_status: int = 75  # exit status of a run stopped by a signal (75: EX_TEMPFAIL)
     init_from: str | None = None  # start from these weights: a run, `llm convert` or HF directory
     init_step: int | None = None  # with init_from a run: its checkpoint step; null = newest
-    freeze: tuple[str, ...] = ()  # regexes on model param paths ("blocks/attn/w_q") kept frozen
+    freeze: tuple[str, ...] = ()  # regexes on model param paths ("blocks/attn/q/w") kept frozen
 
     def __post_init__(self) -> None:
         for key in (

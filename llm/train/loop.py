@@ -44,7 +44,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from llm.checkpoint import Checkpointer, load_model
+from llm.checkpoint import Checkpointer, load_model, tokenizer_with_template
 from llm.checkpoint.manager import NonFiniteState
 from llm.config import Config, check, to_dict
 from llm.data import make_batches
@@ -56,7 +56,6 @@ from llm.sharding import make_mesh, with_activation_sharding
 from llm.sharding import rules as R
 from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
-from llm.tokenizers import load_tokenizer
 from llm.train.build import init_train_state, state_layout
 from llm.train.losses import Loss, check_batch_leaves, make_loss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
@@ -66,7 +65,7 @@ from llm.train.preemption import SignalFlag
 from llm.train.run_dir import CONFIG, logged, refuse_fresh_start, start_over, write_config
 from llm.train.state import TrainState
 from llm.train.step import make_train_step
-from llm.train.trainable import Trainable, model_params
+from llm.train.trainable import Trainable, model_params, trainable_from_config
 from llm.train.warm_start import warm_start_config
 
 Batches = Iterator[dict[str, np.ndarray]]
@@ -96,12 +95,14 @@ class Trainer:
         self.cfg, t = cfg, cfg.train
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.data.tokenizer)
+        if tokenizer is None:  # an imported model's tokenizer brings its chat template
+            tokenizer = tokenizer_with_template(cfg.data.tokenizer)
+        self.tokenizer = tokenizer
         self.loss = loss if loss is not None else make_loss(cfg)
         _check_data(cfg, self.tokenizer, self.loss)
         self.plan = make_plan(cfg, make_mesh(cfg.mesh))  # fails here, before any compile
         self.schedule = make_schedule(cfg.optim, t.steps)
-        self.layout = state_layout(cfg, self.plan, trainable or Trainable(freeze=t.freeze))
+        self.layout = state_layout(cfg, self.plan, trainable or trainable_from_config(cfg))
         self.batch_sharding = batch_shardings(self.plan, self.loss.batch_axes)
         self.step_fn = make_train_step(
             cfg,

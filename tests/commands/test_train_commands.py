@@ -51,3 +51,14 @@ def test_dry_run_prints_the_accounting_report(capsys):
     assert "mesh (4 devices)" in out and "total per device" in out, out
     # 838,272: the parameter count of configs/default.yaml, from `python train.py --dry_run`
     assert "parameters (total)" in out and "838,272" in out
+
+
+def test_a_preempted_run_exits_with_the_requeue_status(monkeypatch, tmp_path, capsys):
+    """`llm train` returns the status `train()` chose (train.requeue_exit_status on a signal)."""
+    import llm.train.loop as loop
+    from llm.cli import main
+
+    stopped = {"run_dir": str(tmp_path), "stopped": "SIGTERM", "step": 3, "exit_status": 75}
+    monkeypatch.setattr(loop, "train", lambda cfg: stopped)
+    assert main(["train", "--config", "configs/tiny.yaml", f"train.run_dir={tmp_path}"]) == 75
+    assert "stopped by SIGTERM at step 3" in capsys.readouterr().out

