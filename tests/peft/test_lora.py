@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
-from train_fixtures import SyntheticBatches
+from train_fixtures import SyntheticBatches, dot_shapes
 
 from llm.config import ConfigError, load_config, save_config
 from llm.model import forward, init_params, logical_axes
@@ -119,20 +119,6 @@ def test_training_changes_only_the_adapter(tiny):
     )
 
 
-def _dot_shapes(jaxpr) -> list[tuple[int, ...]]:
-    """Output shapes of every dot_general in a jaxpr and all its sub-jaxprs (scan, cond, ...)."""
-    shapes = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            shapes += [tuple(v.aval.shape) for v in eqn.outvars]
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    shapes += _dot_shapes(inner)
-    return shapes
-
-
 def test_untargeted_frozen_matrices_get_no_gradient(tiny):
     """A weight gradient is a dot_general with the weight's shape: the MLP's (32, 64) and
     (64, 32) appear when training everything and never under LoRA on q/v."""
@@ -142,7 +128,7 @@ def test_untargeted_frozen_matrices_get_no_gradient(tiny):
         tr = Trainer(cfg, train_batches=SyntheticBatches(8, 16), val_batches=_val,
                      trainable=trainable_from_config(cfg))  # fmt: skip
         batch = tr.put(next(SyntheticBatches(8, 16)))
-        shapes[name] = _dot_shapes(jax.make_jaxpr(tr.step_fn)(tr.state, batch).jaxpr)
+        shapes[name] = dot_shapes(jax.make_jaxpr(tr.step_fn)(tr.state, batch).jaxpr)
         tr.ckpt.close()
     mlp = lambda ss: [s for s in ss if s[-2:] in ((32, 64), (64, 32))]  # noqa: E731
     assert mlp(shapes["full"]) and not mlp(shapes["lora"]), mlp(shapes["lora"])

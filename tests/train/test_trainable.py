@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
-from train_fixtures import SyntheticBatches
+from train_fixtures import SyntheticBatches, dot_shapes
 
 from llm.model import init_params, logical_axes
 from llm.train.loop import Trainer, train
@@ -52,27 +52,13 @@ def test_bad_descriptions_are_errors(tiny):
         merge({"a": {"b": 1}}, {"a": {"b": 2}})
 
 
-def _dot_shapes(jaxpr) -> list[tuple[int, ...]]:
-    """Output shapes of every dot_general in a jaxpr and all its sub-jaxprs (scan, cond, ...)."""
-    shapes = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            shapes += [tuple(v.aval.shape) for v in eqn.outvars]
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    shapes += _dot_shapes(inner)
-    return shapes
-
-
 @pytest.mark.parametrize("frozen", [False, True])
 def test_frozen_leaves_get_no_gradient(tiny, frozen):
     """A weight gradient is a dot_general with the weight's shape; none exists when frozen."""
     cfg = tiny("train.steps=1", *([f"train.freeze=[{MLP}]"] if frozen else []))
     tr = Trainer(cfg, train_batches=SyntheticBatches(8, 16), val_batches=_val)
     jaxpr = jax.make_jaxpr(tr.step_fn)(tr.state, tr.put(next(SyntheticBatches(8, 16)))).jaxpr
-    mlp_grads = [s for s in _dot_shapes(jaxpr) if s[-2:] in ((32, 64), (64, 32))]
+    mlp_grads = [s for s in dot_shapes(jaxpr) if s[-2:] in ((32, 64), (64, 32))]
     assert bool(mlp_grads) != frozen, mlp_grads
     tr.ckpt.close()
 

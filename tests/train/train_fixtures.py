@@ -77,3 +77,18 @@ TINY = [
 def tiny_config(run_dir: Path | str = "runs/test", *overrides: str) -> Config:
     """A 2-layer, 32-wide byte-level model: compiles and steps in well under a second."""
     return load_config(None, [*TINY, f"train.run_dir={run_dir}", *overrides])
+
+
+def dot_shapes(jaxpr) -> list[tuple[int, ...]]:
+    """Output shapes of every dot_general in a jaxpr and all its sub-jaxprs (scan, cond, ...):
+    a weight gradient is a dot with the weight's shape, so a frozen weight has none."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes += [tuple(v.aval.shape) for v in eqn.outvars]
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes += dot_shapes(inner)
+    return shapes
