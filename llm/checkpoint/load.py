@@ -49,6 +49,7 @@ from llm.tokenizers import load_tokenizer
 from llm.typing import PyTree
 
 MODEL = "model"  # the decoder's component in a run's params / frozen trees (llm.train)
+MODEL_ADVICE = "(config.yaml beside it describes another model than was saved)"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
@@ -208,7 +209,7 @@ def _restore_model_subtrees(state_dir: Path, expected: PyTree, shardings: PyTree
                 found[name], where[name] = (tuple(meta.shape), str(meta.dtype)), [*root, *keys]
                 _want(item, args, where[name], leaf.shape, leaf.dtype, sharding)
                 break
-    _check(expected, found, state_dir)
+    check_compatible(expected, found, state_dir, MODEL_ADVICE)
     adapters = sorted(n for n in ADAPTERS if n in params or n in frozen)
     replicated = _replicated(flat_sh[0]) if flat_sh else one
     for name in adapters:  # whole subtrees, replicated: small next to the decoder
@@ -247,15 +248,6 @@ def _union(a: dict, b: dict) -> dict:
     return out
 
 
-def _check(expected: PyTree, found: dict, where: Path) -> None:
-    try:
-        check_compatible(expected, found)
-    except CheckpointMismatch as err:
-        raise CheckpointMismatch(
-            f"{where}: {err}\n(config.yaml beside it describes another model than was saved)"
-        ) from None
-
-
 def _restore(path: Path, abstract: PyTree, shardings: PyTree) -> PyTree:
     if shardings is not None:
         abstract = jax.tree.map(
@@ -263,7 +255,8 @@ def _restore(path: Path, abstract: PyTree, shardings: PyTree) -> PyTree:
         )
     meta = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
     flat = jax.tree_util.tree_flatten_with_path(meta)[0]
-    _check(abstract, {path_name(p): (tuple(m.shape), str(m.dtype)) for p, m in flat}, path)
+    found = {path_name(p): (tuple(m.shape), str(m.dtype)) for p, m in flat}
+    check_compatible(abstract, found, path, MODEL_ADVICE)
     return ocp.StandardCheckpointer().restore(path, abstract)
 
 

@@ -109,8 +109,11 @@ def abstract_of(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def check_compatible(expected: PyTree, found: dict[str, tuple[tuple[int, ...], str]]) -> None:
-    """Raises CheckpointMismatch listing every path whose presence, shape or dtype differs."""
+def check_compatible(
+    expected: PyTree, found: dict[str, tuple[tuple[int, ...], str]], where: Path, advice: str
+) -> None:
+    """Raises CheckpointMismatch naming `where`, every path whose presence, shape or dtype
+    differs, and `advice` (what to change)."""
     want = {
         path_name(p): (tuple(x.shape), str(x.dtype))
         for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]
@@ -127,8 +130,15 @@ def check_compatible(expected: PyTree, found: dict[str, tuple[tuple[int, ...], s
             )
     if problems:
         raise CheckpointMismatch(
-            "checkpoint does not match the config:\n  " + "\n  ".join(problems)
+            f"{where}: checkpoint does not match the config:\n  " + "\n  ".join(problems)
+            + f"\n{advice}"
         )
+
+
+RUN_ADVICE = (
+    "the config describes another model than this run saved: resume with the run's own "
+    "config.yaml, or choose another train.run_dir"
+)
 
 
 class Checkpointer:
@@ -239,7 +249,8 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 verify(self.directory / str(step))
-                _check_run(self.directory / str(step), expected, self._array_metadata(step))
+                check_compatible(expected, self._array_metadata(step), self.directory / str(step),
+                                 RUN_ADVICE)  # fmt: skip
                 restored = self._restore_step(step, expected, type(like))
             except CheckpointMismatch:
                 raise
@@ -319,14 +330,6 @@ class Checkpointer:
         return Restored(step=step, state=state, data_state=out[DATA], meta=meta)
 
 
-def _check_run(step_dir: Path, expected: PyTree, found: dict) -> None:
-    try:
-        check_compatible(expected, found)
-    except CheckpointMismatch as err:
-        raise CheckpointMismatch(
-            f"{step_dir}: {err}\nthe config describes another model than this run saved: "
-            "resume with the run's own config.yaml, or choose another train.run_dir"
-        ) from None
 
 
 def _val_loss(metrics: dict[str, float]) -> float:

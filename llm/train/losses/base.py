@@ -18,6 +18,7 @@ Besides the function itself a loss declares:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import types
@@ -56,7 +57,7 @@ jax.tree_util.register_dataclass(
 LossFn = Callable[[PyTree, PyTree, Batch, Any], LossOutput]
 
 
-class Loss:
+class Loss(abc.ABC):
     """Base of every loss: subclasses are frozen dataclasses holding their config.
 
     `__call__(params, frozen, batch, dropout_key)` is the objective (dropout_key None means
@@ -66,8 +67,9 @@ class Loss:
     name: ClassVar[str] = ""
     batch_axes: ClassVar[BatchAxes] = types.MappingProxyType({})
 
+    @abc.abstractmethod
     def __call__(self, params: PyTree, frozen: PyTree, batch: Batch, key: Any) -> LossOutput:
-        raise NotImplementedError(f"{type(self).__name__} does not define its loss")
+        """The objective's sums over one (micro-)batch."""
 
     @functools.cached_property
     def _eval_sums(self) -> Callable[[PyTree, PyTree, Batch], LossOutput]:
