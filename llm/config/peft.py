@@ -17,7 +17,10 @@ from typing import Literal
 
 from llm.config.base import check, config_class
 
-PeftMethod = Literal["none", "lora"]
+# each name other than "none" is a `Method` registered in llm/peft/__init__.py (a test checks)
+PeftMethod = Literal[
+    "none", "lora", "dora", "qlora", "adalora", "ia3", "prompt", "prefix", "adapter"
+]
 
 
 @config_class

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 
 from llm.model import abstract_params, logical_axes
-from llm.peft import ADAPTERS, NAME, SCALE_LEAF, find_targets, init_lora, lora_axes
+from llm.peft import ADAPTERS, METHODS
 from llm.train.warm_start import warm_start_config
 from llm.typing import PyTree
 
@@ -182,10 +182,10 @@ FREEZE_ALL = (".",)  # a train.freeze pattern matching every decoder param
 
 
 def trainable_from_config(cfg: Any) -> Trainable:
-    """What `cfg` trains: the decoder less `train.freeze` (peft.method none), or a LoRA adapter
-    on the whole frozen decoder (peft.method lora; A and B trained, each scale frozen). With
-    `train.init_from` the adapter is shaped for the source's architecture, as the run will be.
-    Bad targets raise here, before any compile."""
+    """What `cfg` trains: the decoder less `train.freeze` (peft.method none), or the adapter
+    of `peft.method` (`llm.peft.METHODS`) on the whole frozen decoder. With `train.init_from`
+    the adapter is shaped for the source's architecture, as the run will be. Bad targets
+    raise here, before any compile."""
     peft = cfg.peft
     if peft.method == "none":
         return Trainable(freeze=tuple(cfg.train.freeze))
@@ -194,12 +194,15 @@ def trainable_from_config(cfg: Any) -> Trainable:
             f"train.freeze: {list(cfg.train.freeze)} with peft.method={peft.method}, which "
             "already freezes the whole decoder; leave train.freeze empty"
         )
+    if peft.method not in METHODS:
+        raise ValueError(f"peft.method: {peft.method!r} is not registered ({sorted(METHODS)})")
+    method = METHODS[peft.method]
     model_cfg = warm_start_config(cfg).model  # train.init_from: the source's architecture
     model, axes = abstract_params(model_cfg), logical_axes(model_cfg)
-    lora = Component(
-        build=lambda key: init_lora(peft, model, axes, key)[0],
-        axes=lora_axes(find_targets(peft, model, axes)),
+    adapter = Component(
+        build=lambda key: method.init(peft, model, axes, key)[0],
+        axes=method.axes(peft, model, axes),
         trainable=True,
-        freeze=(SCALE_LEAF,),
+        freeze=method.frozen,
     )
-    return Trainable(freeze=FREEZE_ALL, extra={NAME: lora})
+    return Trainable(freeze=FREEZE_ALL, extra={method.component: adapter})
