@@ -43,8 +43,8 @@ from llm.checkpoint.manager import (
     path_name,
 )
 from llm.config import Config, load_config
-from llm.model import abstract_params
-from llm.peft import ADAPTERS
+from llm.model import abstract_params, logical_axes
+from llm.peft import ADAPTERS, METHODS, stored_decoder
 from llm.tokenizers import load_tokenizer
 from llm.typing import PyTree
 
@@ -126,8 +126,10 @@ def tokenizer_with_template(spec: str) -> Any:
     tokenizer = load_tokenizer(spec)
     home = Path(spec).parent
     config = home / "tokenizer_config.json"
-    if Path(spec).is_file() and config.is_file() and "chat_template" in json.loads(
-        config.read_text()
+    if (
+        Path(spec).is_file()
+        and config.is_file()
+        and "chat_template" in json.loads(config.read_text())
     ):
         from llm.interop.chat_template import ChatTemplate  # optional: jinja2
 
@@ -164,6 +166,7 @@ def restore_run_params(
     run_dir: Path, cfg: Config, step: int | None = None, shardings: PyTree = None
 ) -> tuple[PyTree, int]:
     """(decoder params, step) of a run's newest readable (or the given) checkpoint."""
+    _refuse_unmergeable(run_dir, cfg)
     steps = run_steps(run_dir)
     if step is not None:
         if step not in steps:
@@ -173,18 +176,36 @@ def restore_run_params(
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {run_dir / CHECKPOINTS}")
     expected = abstract_params(cfg.model)
+    stored = stored_decoder(cfg.peft, expected, logical_axes(cfg.model))[0]
+    direct = stored is expected  # else a QLoRA base: read quantised, placed once dequantised
     errors = []
     for s in reversed(steps):
         state_dir = run_dir / CHECKPOINTS / str(s) / STATE
         try:
             verify(state_dir.parent)  # checksums (llm/checkpoint/integrity.py)
-            return _restore_model_subtrees(state_dir, expected, shardings), s
+            model = _restore_model_subtrees(state_dir, stored, shardings if direct else None)
+            if not direct and shardings is not None:
+                model = jax.device_put(model, shardings)
+            return model, s
         except CheckpointMismatch:
             raise
         except Exception as err:  # unreadable: report and fall back to an older one
             errors.append(f"{state_dir.parent} is unreadable ({err!r:.300})")
             print(f"warning: {errors[-1]}; trying an older one", file=sys.stderr)
     raise FileNotFoundError("no checkpoint could be read:\n  " + "\n  ".join(errors))
+
+
+def _refuse_unmergeable(run_dir: Path, cfg: Config) -> None:
+    """A prompt / prefix / adapter run changes the forward pass, not the weights: its
+    decoder alone would silently be the base model, so loading one is an error."""
+    method = METHODS.get(cfg.peft.method)
+    if method is not None and method.forward is not None:
+        raise ValueError(
+            f"{run_dir} was trained with peft.method={cfg.peft.method}, which changes the "
+            "forward pass (llm.model.extras) and cannot be merged into the decoder's weights; "
+            "load_model would return the untuned base model. Evaluate it with the run's loss "
+            f"(state.params / state.frozen hold the {method.component!r} component)"
+        )
 
 
 def _restore_model_subtrees(state_dir: Path, expected: PyTree, shardings: PyTree) -> PyTree:
@@ -227,6 +248,37 @@ def _restore_model_subtrees(state_dir: Path, expected: PyTree, shardings: PyTree
                          restored.get("frozen", {}).get(name, {}))  # fmt: skip
         model = ADAPTERS[name](model, adapter)
     return model
+
+
+def restore_run_adapters(run_dir: Path, step: int | None = None) -> tuple[dict[str, PyTree], int]:
+    """({component: adapter tree}, step) of the adapters (`llm.peft.ADAPTERS`) a run trained,
+    each its trained and frozen parts joined, from its newest (or the given) verified step;
+    no decoder weight is read. `{}` for a run without one. For serving several adapters on
+    one base (llm/inference/adapters.py)."""
+    steps = run_steps(run_dir)
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {run_dir / CHECKPOINTS}")
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / CHECKPOINTS}")
+    found = steps[-1] if step is None else step
+    state_dir = run_dir / CHECKPOINTS / str(found) / STATE
+    verify(state_dir.parent)
+    tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+    params, frozen = tree.get("params", {}), tree.get("frozen", {})
+    names = sorted(n for n in ADAPTERS if n in params or n in frozen)
+    if not names:
+        return {}, found
+    item, args = {}, {}
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for name in names:
+        for root, sub in (("params", params.get(name, {})), ("frozen", frozen.get(name, {}))):
+            for path, meta in jax.tree_util.tree_flatten_with_path(sub)[0]:
+                keys = [root, name, *(str(getattr(k, "key", k)) for k in path)]
+                _want(item, args, keys, tuple(meta.shape), meta.dtype, one)
+    restore = ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+    restored = ocp.PyTreeCheckpointer().restore(state_dir, args=restore)
+    parts = restored.get("params", {}), restored.get("frozen", {})
+    return {n: _union(parts[0].get(n, {}), parts[1].get(n, {})) for n in names}, found
 
 
 def _want(item: dict, args: dict, keys: list[str], shape, dtype, sharding) -> None:

@@ -130,7 +130,8 @@ def check_compatible(
             )
     if problems:
         raise CheckpointMismatch(
-            f"{where}: checkpoint does not match the config:\n  " + "\n  ".join(problems)
+            f"{where}: checkpoint does not match the config:\n  "
+            + "\n  ".join(problems)
             + f"\n{advice}"
         )
 
@@ -328,8 +329,6 @@ class Checkpointer:
         state = kind.from_dict(dict(out[STATE]))
         meta = {k: v for k, v in out[META].items() if k != META_KEY}
         return Restored(step=step, state=state, data_state=out[DATA], meta=meta)
-
-
 
 
 def _val_loss(metrics: dict[str, float]) -> float:

@@ -3,6 +3,7 @@
 llm data prepare                   # download/cache the corpus, tokenize it, print statistics
 llm data report                    # what each cleaning / dedup stage removed
 llm data tokenize --out DIR        # write pre-tokenized shards; then data.corpus=DIR reads them
+llm data tasks --out DIR [--seed N] [--tasks a,b]   # instruction / classification sets
 
 Bad input (a missing corpus, a malformed line) is one line naming the file, exit status 2; a
 failed download of a built-in corpus exits 1 (see llm/cli.py).
@@ -24,6 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report": "print what each cleaning and deduplication stage removed",
         "tokenize": "write pre-tokenized shards of every split to a folder",
     }
+    tasks = actions.add_parser("tasks", help="build instruction and classification sets "
+                               "from Shakespeare and the KJV (llm/data/tasks.py)")  # fmt: skip
+    tasks.add_argument("--out", required=True, help="folder for <task>/{train,test}.jsonl")
+    tasks.add_argument("--seed", type=int, default=0, help="seed of the held-out documents")
+    tasks.add_argument("--tasks", help="comma-separated task names (default: all)")
+    tasks.add_argument("--cache-dir", help="downloads and corpora (default: $LLM_CACHE_DIR)")
+    tasks.set_defaults(func=run_tasks)
     for name, text in helps.items():
         sub = actions.add_parser(name, help=text)
         add_config_args(sub)
@@ -41,6 +49,34 @@ def load_tokenizer_for(name: str):
     if name != "byte":
         raise ValueError(f"data.tokenizer={name!r}: only 'byte' is available in this build")
     return tokenizers.ByteTokenizer()
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm.data.tasks import build_tasks, parse_task_names
+
+    names = parse_task_names(args.tasks)
+    start = time.perf_counter()
+    manifest = build_tasks(Path(args.out), args.seed, names, args.cache_dir)
+    print(f"{'task':<22} {'kind':<15} {'train':>8} {'test':>7} {'labels':>6}  dropped")
+    for name, t in manifest["tasks"].items():
+        dropped = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "-"
+        labels = "-" if t["labels"] is None else t["labels"]
+        print(
+            f"{name:<22} {t['kind']:<15} {t['counts']['train']:>8} {t['counts']['test']:>7} "
+            f"{labels:>6}  {dropped}"
+        )
+    plays = manifest["sources"].get("shakespeare")
+    if plays:
+        skipped = sorted(plays["skipped_documents"])
+        print(
+            f"shakespeare: {plays['unparsable_paragraphs']} unparsable paragraphs (counted "
+            f"per play in manifest.json), skipped documents: {skipped}"
+        )
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.out}/manifest.json (seed {args.seed}) in {seconds:.1f} s")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

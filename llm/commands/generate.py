@@ -5,6 +5,7 @@ llm generate --checkpoint runs/tiny --chat                 # interactive chat, t
 llm generate --checkpoint runs/tiny --chat --prompt "Hi"   # one chat turn, then exit
 llm generate --config configs/tiny.yaml --prompt "hi"      # random weights (smoke test)
 llm generate --checkpoint runs/tiny --prompt "The" --num-beams 4 --length-penalty 1.0
+llm generate --checkpoint models/smollm2 --adapter runs/lora --chat   # base + a LoRA adapter
 
 Arguments are checked before the model loads: impossible values (`--top-p 2`, a prompt plus
 `--max-new-tokens` longer than the context) and arguments the chosen mode would ignore
@@ -46,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="generate text from a checkpoint (or chat)")
     parser.add_argument("--checkpoint", metavar="RUN_DIR", help="training run directory")
     parser.add_argument("--step", type=int_at_least(0), help="checkpoint step (default: newest)")
+    parser.add_argument("--adapter", metavar="DIR", help="merge this adapter into the "
+                        "--checkpoint: a LoRA run or a Hugging Face PEFT directory")  # fmt: skip
     add_config_args(parser)
     parser.add_argument("--prompt", help="prompt text (default: read stdin); with --chat, "
                         "the one user turn to answer")  # fmt: skip
@@ -98,6 +101,8 @@ def check_arguments(args: argparse.Namespace) -> None:
          "give --checkpoint RUN_DIR (a trained model), or --config FILE for random weights"),
         (args.step is not None and not args.checkpoint,
          "--step picks a checkpoint of --checkpoint RUN_DIR, and none was given"),
+        (args.adapter and not args.checkpoint,
+         "--adapter DIR adapts a base model: give the base as --checkpoint DIR"),
         (args.system is not None and not args.chat, "--system is for --chat; add --chat"),
         (args.chat and beams, "--num-beams does not apply to --chat; drop one of them"),
         (args.num_samples != 1 and (args.chat or beams),
@@ -119,7 +124,13 @@ def run(args: argparse.Namespace) -> int:
     config = None if args.checkpoint else config_from_args(args)
     with model_dir_errors(args.checkpoint):
         model = model_for_serving(args.checkpoint, args.step, config)
-    engine = Engine(model.config.model, model.params, model.tokenizer)
+    params = model.params
+    if args.adapter:
+        from llm.inference.adapters import load_adapter, merged
+
+        with model_dir_errors(args.adapter):
+            params = merged(params, load_adapter(args.adapter, model))
+    engine = Engine(model.config.model, params, model.tokenizer)
     if args.chat:
         return chat(engine, args)
     if args.prompt is None and sys.stdin.isatty():

@@ -6,7 +6,7 @@ from typing import Literal
 
 from llm.config.base import check, config_class
 
-SourceFormat = Literal["auto", "txt", "jsonl", "parquet", "hf", "chat"]
+SourceFormat = Literal["auto", "txt", "jsonl", "parquet", "hf", "chat", "classification"]
 Normalization = Literal["NFC", "NFKC", "none"]
 EncodingErrors = Literal["strict", "replace"]
 Objective = Literal["causal", "mlm"]
@@ -18,7 +18,8 @@ class DataConfig:
     """Where training text comes from and how it becomes token batches (see docs/data.md)."""
 
     corpus: str = "shakespeare"  # built-in name (shakespeare|milton) or a file, directory or glob
-    format: SourceFormat = "auto"  # reader for `corpus`; auto by extension; chat = SFT JSONL
+    format: SourceFormat = "auto"  # reader for `corpus`; auto by extension; chat = SFT JSONL;
+    # classification = {"text", "label"} JSONL (llm/data/classification.py)
     text_field: str = "text"  # JSONL key / Parquet column / HF dataset column holding the text
     txt_separator: str | None = None  # .txt: line that separates documents; null = one per file
     hf_split: str = "train"  # split read from a Hugging Face dataset (format=hf)

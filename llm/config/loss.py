@@ -49,6 +49,40 @@ class SFTLossConfig:
         CausalLMLossConfig.__post_init__(self)
 
 
+ClassifierHead = Literal["linear", "label_tokens"]
+Pooling = Literal["last", "mean"]
+
+
+@config_class
+class ClassificationLossConfig:
+    """Sequence classification (llm/train/losses/classification.py): cross-entropy over a
+    label set, scored by a linear head on the pooled hidden state or by the log-probability
+    of each label's verbaliser tokens after the prompt."""
+
+    name: Literal["classification"] = "classification"  # the loss this section configures
+    labels: tuple[str, ...] = ()  # the label set in class order; empty = sorted train labels
+    head: ClassifierHead = "linear"  # linear: new [D, C] head; label_tokens: LM scores labels
+    pooling: Pooling = "last"  # linear head input: last real token, or mean over real tokens
+    prompt: str = "{text}"  # how a record's text becomes the model input ({text} placeholder)
+    verbalizer: str = " {label}"  # label_tokens: the tokens scored after the prompt ({label})
+
+    def __post_init__(self) -> None:
+        check(len(set(self.labels)) == len(self.labels), "labels", "names a label twice")
+        check(len(self.labels) != 1, "labels", "one label is no classification; give 2 or more")
+        check(all(self.labels), "labels", "a label is the empty string")
+        check("{text}" in self.prompt, "prompt", "must contain the placeholder {text}")
+        check("{label}" in self.verbalizer, "verbalizer", "must contain the placeholder {label}")
+        for field, text in (("prompt", self.prompt), ("verbalizer", self.verbalizer)):
+            try:
+                text.format(text="", label="")
+            except (KeyError, IndexError, ValueError) as err:
+                check(
+                    False,
+                    field,
+                    f"{text!r} is not a format string with {{text}}/{{label}}: {err!r}",
+                )
+
+
 DEFAULT_LOSS = "causal_lm"  # what a `loss:` section without `name` configures
 
 
@@ -61,7 +95,12 @@ def _tag(value: object) -> str | None:
 # the tagged union: pydantic picks the member by `name` and reports unknown names
 LossConfig = Annotated[
     Annotated[CausalLMLossConfig, pydantic.Tag("causal_lm")]
-    | Annotated[SFTLossConfig, pydantic.Tag("sft")],
+    | Annotated[SFTLossConfig, pydantic.Tag("sft")]
+    | Annotated[ClassificationLossConfig, pydantic.Tag("classification")],
     pydantic.Discriminator(_tag),
 ]
-LOSS_CONFIGS: dict[str, type] = {"causal_lm": CausalLMLossConfig, "sft": SFTLossConfig}
+LOSS_CONFIGS: dict[str, type] = {
+    "causal_lm": CausalLMLossConfig,
+    "sft": SFTLossConfig,
+    "classification": ClassificationLossConfig,
+}

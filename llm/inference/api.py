@@ -4,6 +4,10 @@ Every problem becomes an `ApiError` with an HTTP status and a message naming the
 OpenAI error body `{"error": {"message", "type", "param", "code"}}`. Fields we do not implement
 (n > 1, logprobs, logit_bias, echo, best_of, suffix, tools) are refused rather than ignored;
 unknown fields are refused too, except `user` and `stream_options`, which change nothing here.
+
+Adapters (`llm serve --adapter NAME=DIR`): a request picks one with our `adapter` field or
+with OpenAI's `model` field naming it (each adapter is listed as a model); neither, or
+`model` naming the base, runs the base. An unknown name is a 404, as for an unknown model.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Limits:
     max_prompt_tokens: int
     max_new_tokens: int
     context: int  # prompt + generated tokens must fit in this many
+    adapters: tuple[str, ...] = ()  # names a request may pick (llm/inference/adapters.py)
 
 
 @dataclasses.dataclass
@@ -52,12 +57,13 @@ class ParsedRequest:
     stream: bool
     model: str
     include_usage: bool = False  # stream_options.include_usage: a final chunk with usage
+    adapter: str | None = None  # whose weights answer it; None: the base model
 
 
 COMMON = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
           "min_p", "typical_p", "repetition_penalty", "frequency_penalty", "presence_penalty",
           "seed", "stop", "stream", "user", "stream_options", "n", "logprobs", "logit_bias",
-          "echo", "best_of", "suffix", "top_logprobs"}  # fmt: skip
+          "echo", "best_of", "suffix", "top_logprobs", "adapter"}  # fmt: skip
 UNSUPPORTED = {"n": 1, "best_of": 1, "logprobs": None, "top_logprobs": None, "echo": False,
                "suffix": None, "logit_bias": None}  # fmt: skip
 
@@ -86,10 +92,7 @@ def parse(body: dict[str, Any], tokenizer: Any, limits: Limits, *, chat: bool) -
     for key, default in UNSUPPORTED.items():
         if body.get(key, default) not in (default, {}):
             raise ApiError(400, f"{key}={body[key]!r} is not supported", param=key)
-    model = _get(body, "model", str, limits.model_name)
-    if model != limits.model_name:
-        raise ApiError(404, f"model {model!r} does not exist; this server has "
-                       f"{limits.model_name!r}", param="model", code="model_not_found")  # fmt: skip
+    model, adapter = _model_and_adapter(body, limits)
     ids = _chat_ids(body, tokenizer) if chat else _prompt_ids(body, tokenizer)
     if len(ids) > limits.max_prompt_tokens:
         raise ApiError(400, f"prompt has {len(ids)} tokens; the limit is "
@@ -117,7 +120,29 @@ def parse(body: dict[str, Any], tokenizer: Any, limits: Limits, *, chat: bool) -
         raise ApiError(400, "stream_options.include_usage must be a boolean",
                        param="stream_options")  # fmt: skip
     return ParsedRequest(chat, ids, _sampling(body), StopCriteria(max_new, stop_ids, stops),
-                         _get(body, "stream", bool, False), model, usage)  # fmt: skip
+                         _get(body, "stream", bool, False), model, usage, adapter)  # fmt: skip
+
+
+def _model_and_adapter(body: dict[str, Any], limits: Limits) -> tuple[str, str | None]:
+    """(the model name to echo, the adapter to run or None) from `model` and `adapter`."""
+    model = _get(body, "model", str, limits.model_name)
+    has = f"this server has {limits.model_name!r}" + (
+        f" and adapters {list(limits.adapters)}" if limits.adapters else " and no adapters"
+    )
+    if model != limits.model_name and model not in limits.adapters:
+        raise ApiError(404, f"model {model!r} does not exist; {has}", param="model",
+                       code="model_not_found")  # fmt: skip
+    by_model = model if model in limits.adapters else None
+    adapter = _get(body, "adapter", str, None)
+    if adapter is None:
+        return model, by_model
+    if adapter not in limits.adapters:
+        raise ApiError(404, f"adapter {adapter!r} does not exist; {has}", param="adapter",
+                       code="adapter_not_found")  # fmt: skip
+    if by_model is not None and by_model != adapter:
+        raise ApiError(400, f"model {model!r} names adapter {model!r} but adapter is "
+                       f"{adapter!r}: give one of them", param="adapter")  # fmt: skip
+    return model, adapter
 
 
 def _get(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -6,6 +6,13 @@ running ones to finish (Yu et al., 2022, Orca, "iteration-level scheduling"). Ea
 decodes one token for every busy row; each token goes to its request's queue as an `Event`.
 A finished or cancelled request frees its row at once. An exception in a step fails the
 requests in flight with a message and resets the rows; the loop itself keeps running.
+
+Adapters (llm/inference/adapters.py): a request may name one; every row of a step shares the
+engine's weights, so the rows hold requests of one adapter (or the base) at a time. The
+queue stays first in, first out: when the oldest waiting request names another adapter,
+admission stops until the busy rows finish, then the engine switches to that adapter's
+merged weights (a cached copy, or one merge) and admits it and those behind it that share
+it. Nothing overtakes, so no adapter starves; mixed traffic runs as per-adapter batches.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -28,8 +35,10 @@ class Busy(Exception):
 class Request:
     """A submitted generation; read its events with `events()`."""
 
-    def __init__(self, prompt_ids: list[int], sampling: SamplingParams, stop: StopCriteria):
+    def __init__(self, prompt_ids: list[int], sampling: SamplingParams, stop: StopCriteria,
+                 adapter: str | None = None):  # fmt: skip
         self.prompt_ids, self.sampling, self.stop = prompt_ids, sampling, stop
+        self.adapter = adapter  # None: the base model
         self.out: queue.Queue[Event | Exception] = queue.Queue()
         self.cancelled = False
         self.completion_tokens = 0
@@ -52,9 +61,15 @@ class Request:
                 return
 
 
+Weights = Callable[[str | None], object]  # adapter name (None: base) -> decode-layout params
+
+
 class Scheduler:
-    def __init__(self, engine: Engine, rows: int, max_queue: int):
+    def __init__(self, engine: Engine, rows: int, max_queue: int, weights: Weights | None = None):
         self.engine, self.rows = engine, rows
+        self.weights = weights  # None: one model, and a request naming an adapter fails
+        self.adapter: str | None = None  # whose weights the engine holds now
+        self._held: Request | None = None  # the oldest waiting request, for another adapter
         self.waiting: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
         self.slots: list[tuple[Request, RowTracker] | None] = [None] * rows
         self.state = engine.empty_state(rows)
@@ -77,6 +92,11 @@ class Scheduler:
         return request
 
     @property
+    def n_waiting(self) -> int:
+        """Requests not yet in a row (the queue, and the one held for another adapter)."""
+        return self.waiting.qsize() + (self._held is not None)
+
+    @property
     def active(self) -> np.ndarray:
         return np.array([s is not None for s in self.slots])
 
@@ -92,17 +112,44 @@ class Scheduler:
             except Exception as err:  # fail the requests in flight, keep serving
                 self._fail_all(err)
 
+    def _next(self, block: bool) -> Request | None:
+        """The oldest waiting request (the held one first), or None."""
+        if self._held is not None:
+            request, self._held = self._held, None
+            return request
+        try:
+            return self.waiting.get(timeout=0.05) if block else self.waiting.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _switch(self, request: Request) -> bool:
+        """Loads `request`'s adapter into the engine; False (request failed) if it cannot."""
+        try:
+            if self.weights is None:
+                raise ValueError(f"adapter {request.adapter!r}: this server has no adapters")
+            self.engine.params = self.weights(request.adapter)
+        except Exception as err:
+            request.out.put(err)
+            return False
+        self.adapter = request.adapter
+        return True
+
     def _admit(self, block: bool) -> None:
         new: list[Request] = []
         free = [i for i, s in enumerate(self.slots) if s is None]
         while len(new) < len(free):
-            try:
-                request = self.waiting.get(timeout=0.05) if block and not new else (
-                    self.waiting.get_nowait())  # fmt: skip
-            except queue.Empty:
+            request = self._next(block and not new)
+            if request is None:
                 break
-            if not request.cancelled:
-                new.append(request)
+            if request.cancelled:
+                continue
+            if request.adapter != self.adapter:
+                if new or self.active.any():
+                    self._held = request  # first in, first out: wait for the rows to drain
+                    break
+                if not self._switch(request):
+                    continue
+            new.append(request)
         if not new:
             return
         slots = free[: len(new)]

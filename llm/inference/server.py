@@ -23,6 +23,7 @@ from typing import Any
 
 from llm.config.serve import ServeConfig
 from llm.inference import api
+from llm.inference.adapters import AdapterBank
 from llm.inference.api import ApiError, Limits
 from llm.inference.engine import Engine
 from llm.inference.scheduler import Busy, Request, Scheduler
@@ -46,11 +47,20 @@ class _HTTPServer(ThreadingHTTPServer):
 class Server:
     """The model, its scheduler and the HTTP front end; `start()` serves in a thread."""
 
-    def __init__(self, engine: Engine, cfg: ServeConfig, model_name: str):
+    def __init__(self, engine: Engine, cfg: ServeConfig, model_name: str,
+                 adapters: AdapterBank | None = None):  # fmt: skip
+        """`adapters`: named adapters on the engine's base, which must hold `adapters.base`
+        (requests pick one by name, llm/inference/api.py)."""
         self.engine, self.cfg = engine, cfg
+        names = adapters.names if adapters is not None else ()
+        if model_name in names:
+            raise ValueError(f"adapter name {model_name!r} is the base model's name; rename it")
+        if adapters is not None and engine.params is not adapters.base:
+            raise ValueError("the engine must hold the adapter bank's base weights")
         self.limits = Limits(model_name, cfg.max_prompt_tokens, cfg.max_new_tokens,
-                             engine.max_len)  # fmt: skip
-        self.scheduler = Scheduler(engine, cfg.max_concurrent, cfg.max_queue)
+                             engine.max_len, names)  # fmt: skip
+        weights = adapters.weights if adapters is not None else None
+        self.scheduler = Scheduler(engine, cfg.max_concurrent, cfg.max_queue, weights)
         self.httpd = _HTTPServer((cfg.host, cfg.port), _handler_class(self))
         self._thread: threading.Thread | None = None
 
@@ -95,10 +105,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             s = self.srv.scheduler
             self._json(200, {"status": "ok", "busy_rows": int(s.active.sum()),
-                             "waiting": s.waiting.qsize(), "steps": s.steps})  # fmt: skip
+                             "waiting": s.n_waiting, "steps": s.steps})  # fmt: skip
         elif self.path == "/v1/models":
-            model = {"id": self.srv.limits.model_name, "object": "model", "owned_by": "llm"}
-            self._json(200, {"object": "list", "data": [model]})
+            base = self.srv.limits.model_name
+            models = [{"id": base, "object": "model", "owned_by": "llm"}]
+            models += [{"id": name, "object": "model", "owned_by": "llm", "parent": base}
+                       for name in self.srv.limits.adapters]  # fmt: skip
+            self._json(200, {"object": "list", "data": models})
         else:
             self._error(ApiError(404, f"no route GET {self.path}"))
 
@@ -112,7 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = api.decode_body(self._read_body())
             req = api.parse(body, self.srv.engine.tokenizer, self.srv.limits,
                             chat=routes[self.path])  # fmt: skip
-            request = self.srv.scheduler.submit(Request(req.prompt_ids, req.sampling, req.stop))
+            request = self.srv.scheduler.submit(
+                Request(req.prompt_ids, req.sampling, req.stop, req.adapter)
+            )
         except ApiError as err:
             return self._error(err)
         except Busy as err:

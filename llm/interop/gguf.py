@@ -166,7 +166,6 @@ def load_gguf_params(cfg: ModelConfig, reader) -> dict:
     """Dequantized, un-permuted params (numpy, `cfg.param_dtype`)."""
     from gguf.quants import dequantize
 
-
     builder = ParamsBuilder(cfg, llama_rules(cfg), abstract_params(cfg))
     for t in reader.tensors:
         hf_name = _hf_name(t.name)

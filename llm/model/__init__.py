@@ -5,6 +5,7 @@ from llm.model.functional import (
     forward,
     init_params,
     logical_axes,
+    prime_cache,
     unembed,
     unstack_layers,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "forward",
     "init_params",
     "logical_axes",
+    "prime_cache",
     "unembed",
     "unstack_layers",
 ]

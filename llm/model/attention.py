@@ -4,6 +4,12 @@ Multi-head, grouped-query and multi-query attention are one code path: the numbe
 key/value heads K divides the number of query heads N (MHA: K = N, MQA: K = 1).
 QK-norm (Dehghani et al., 2023, arXiv:2302.05442; OLMo-2, Qwen3) normalises each query and
 key head with RMSNorm over the head dimension before RoPE.
+
+Prefix and prompt tuning (llm/model/extras.py) add keys that every packed document sees
+(segment id `SHARED`). Equal segment ids cannot express that, so those runs build the dense
+mask here (`extras.shared_mask`) and call the mask-taking backends directly: `xla`, or
+`xla_flash` without attention dropout. The kernels that take segment ids (`pallas`) and the
+`jax` / `cudnn` paths are refused with an error rather than given a wrong mask.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from flax import nnx, struct
 
 from llm.config import ModelConfig
 from llm.model import kv_cache, positions
+from llm.model.extras import SHARED, LayerExtras, shared_mask
 from llm.model.layers import Linear, RMSNorm
 from llm.model.outputs import LayerOutput
 from llm.ops import masks
 from llm.ops.attention import attention
+from llm.ops.attention_xla import attention_reference
+from llm.ops.attention_xla_flash import causal_block_count, flash_attention_xla
 from llm.sharding.constraints import constrain
 from llm.typing import Array
 
@@ -96,9 +105,11 @@ class Attention(nnx.Module):
         segment_ids_BL: Array,
         dropout_key: Array | None,
         cache: LayerCache | None = None,
+        extras: LayerExtras | None = None,
     ) -> LayerOutput:
         """Self-attention; with `cache`, also over the cached keys (the output carries the
-        updated cache; else its cache is None).
+        updated cache; else its cache is None). `extras` (prefix / prompt tuning) adds keys
+        shared by every packed document, see `_shared`.
 
         With a cache the new keys/values are written at slots `positions_BL` of this layer's
         slice first, then the queries attend to the whole slice, masked by kv segment ids.
@@ -116,6 +127,12 @@ class Attention(nnx.Module):
         q_BLNH = constrain(q_BLNH, ("batch", "length", "heads", None))
         k_BLKH = constrain(k_BLKH, ("batch", None, "kv_heads", None))
         v_BLKH = constrain(v_BLKH, ("batch", None, "kv_heads", None))
+        if extras is not None and extras.shared:
+            if cache is not None:
+                raise ValueError("prefix / prompt tuning do not decode with a KV cache yet")
+            out_BLNH = self._shared(q_BLNH, k_BLKH, v_BLKH, positions_BL, segment_ids_BL,
+                                    extras, dropout_key)  # fmt: skip
+            return LayerOutput(self.o(out_BLNH), None)
         slopes = masks.alibi_slopes(cfg.n_heads) if cfg.pos_encoding == "alibi" else None
         kv_ids = {}
         if cache is not None:
@@ -146,6 +163,40 @@ class Attention(nnx.Module):
             impl=cfg.attention_impl,
         )
         return LayerOutput(self.o(out_BLNH), cache)
+
+    def _shared(self, q_BLNH, k_BLKH, v_BLKH, positions_BL, segment_ids_BL, extras, key):
+        """Attention over [prefix keys; own keys], the prefix (and any token of segment
+        `SHARED`, a virtual token of prompt tuning) visible to every packed document."""
+        cfg = self.cfg
+        if cfg.pos_encoding == "alibi":
+            raise ValueError("prefix / prompt tuning: ALiBi has no distance to a shared key")
+        B, L = segment_ids_BL.shape
+        index_causal_LS = masks.index_causal_mask(L)
+        k_BSKH, v_BSKH, kv_seg_BS, kv_pos_BS = k_BLKH, v_BLKH, segment_ids_BL, positions_BL
+        if extras.prefix_k_PKH is not None:
+            P = extras.prefix_k_PKH.shape[0]
+            k_BSKH, v_BSKH = (
+                jnp.concatenate([jnp.broadcast_to(p[None].astype(x.dtype), (B, *p.shape)), x], 1)
+                for p, x in ((extras.prefix_k_PKH, k_BLKH), (extras.prefix_v_PKH, v_BLKH))
+            )
+            kv_seg_BS = jnp.concatenate([jnp.full((B, P), SHARED, jnp.int32), kv_seg_BS], 1)
+            kv_pos_BS = jnp.concatenate([masks.default_positions(B, P), kv_pos_BS], 1)
+            index_causal_LS = jnp.concatenate([jnp.ones((L, P), bool), index_causal_LS], 1)
+        mask_BLS = shared_mask(segment_ids_BL, kv_seg_BS, positions_BL, kv_pos_BS,
+                               cfg.sliding_window) & index_causal_LS  # fmt: skip
+        rate = cfg.attn_dropout if key is not None else 0.0
+        if cfg.attention_impl not in ("xla", "xla_flash", "auto"):
+            raise ValueError(
+                f"prefix / prompt tuning need a dense attention mask: model.attention_impl="
+                f"{cfg.attention_impl!r} takes segment ids only; use xla, xla_flash or auto"
+            )
+        qkv, softcap = (q_BLNH, k_BSKH, v_BSKH), cfg.attn_logit_softcap
+        if cfg.attention_impl == "xla" or rate > 0.0:
+            return attention_reference(
+                *qkv, mask_BLS, softcap=softcap, dropout_rate=rate, dropout_key=key
+            )
+        blocks = causal_block_count(L) if extras.prefix_k_PKH is None else 1
+        return flash_attention_xla(*qkv, mask_BLS, softcap=softcap, causal_blocks=blocks)
 
 
 def split_key(key: Array | None, n: int) -> list[Array | None]:

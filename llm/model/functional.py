@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
 
 from llm.config import ModelConfig
 from llm.model.cache import Cache
+from llm.model.extras import Extras
 from llm.model.kv_cache import KVCache
 from llm.model.outputs import ModelOutput
 from llm.model.transformer import Transformer
@@ -66,6 +68,7 @@ def forward(
     return_hidden_states: bool = False,
     input_embeddings_BLD: Array | None = None,
     cache: Cache | None = None,
+    extras: Extras | None = None,
 ) -> ModelOutput:
     """Runs the model; `dropout_key=None` is deterministic (evaluation).
 
@@ -74,15 +77,15 @@ def forward(
 
     `cache` (from `llm.model.cache.init_cache`) makes this an incremental step: the
     inputs continue the cached sequences, positions come from the cache lengths, and
-    `out.cache` is the updated cache. Positions, dropout and input embeddings must not be
-    given with a cache.
+    `out.cache` is the updated cache. Positions and dropout must not be given with a cache.
+
+    `extras` (llm/model/extras.py) are the learned inputs of prompt tuning, prefix tuning
+    and bottleneck adapters; losses get them through `llm.train.trainable.model_forward`.
     """
-    if cache is not None and (
-        positions_BL is not None or dropout_key is not None or input_embeddings_BLD is not None
-    ):
+    if cache is not None and (positions_BL is not None or dropout_key is not None):
         raise ValueError(
             "forward with a KV cache derives positions from the cache and runs without "
-            "dropout: pass neither positions_BL, dropout_key nor input_embeddings_BLD"
+            "dropout: pass neither positions_BL nor dropout_key"
         )
     if cache is not None and not isinstance(cache, KVCache):
         raise TypeError(
@@ -100,7 +103,36 @@ def forward(
         input_embeddings_BLD=input_embeddings_BLD,
         cache=cache,
         layers=layers,
+        extras=extras,
     )
+
+
+def prime_cache(
+    cfg: ModelConfig, params: PyTree, cache: KVCache, extras: Extras
+) -> tuple[KVCache, Extras]:
+    """(an empty cache with prompt or prefix tuning's P virtual entries in slots 0..P-1 of
+    every row, the `extras` its decode steps take): how a prompt- or prefix-tuned model
+    generates, as Hugging Face PEFT does. The prefix is written as the cached keys and
+    values it is (never rotated); the prompt runs through the model as P tokens. Either way
+    the real tokens then continue at position P, as in training (llm/model/extras.py), and
+    the decode steps carry the adapters alone."""
+    decode = Extras(adapters=extras.adapters)
+    B = cache.batch
+    if extras.prefix_k_YPKH is not None:
+        P = extras.prefix_k_YPKH.shape[1]
+        k_YBKSH, v_YBKSH = (
+            c.at[:, :, :, :P].set(jnp.swapaxes(p, 1, 2)[:, None].astype(c.dtype))
+            for c, p in ((cache.k_YBKSH, extras.prefix_k_YPKH),
+                         (cache.v_YBKSH, extras.prefix_v_YPKH))
+        )  # fmt: skip
+        return KVCache(k_YBKSH, v_YBKSH, jnp.full((B,), P, jnp.int32)), decode
+    if extras.prompt_PD is not None:
+        prompt_BPD = jnp.broadcast_to(extras.prompt_PD, (B, *extras.prompt_PD.shape))
+        tokens_BP = jnp.zeros(prompt_BPD.shape[:2], jnp.int32)  # fixes the shape only
+        out = forward(cfg, params, tokens_BP, input_embeddings_BLD=prompt_BPD, cache=cache,
+                      extras=decode, return_logits=False)  # fmt: skip
+        return out.cache, decode
+    return cache, decode
 
 
 def unembed(cfg: ModelConfig, params: PyTree, hidden_BLD: Array) -> Array:

@@ -17,6 +17,11 @@ Design choices, each a config switch (see `ModelConfig`):
   stacks each layer's saved activations, which made small CPU train steps ~20% faster.
 * Every layer returns a `LayerOutput` (`outputs.py`): hidden state, updated cache, and named
   auxiliary losses, which the layer loop sums over layers into `ModelOutput.aux_losses`.
+* PEFT methods that are not weights (`extras.py`): prompt tuning (Lester et al., 2021,
+  arXiv:2104.08691) prepends virtual tokens here and cuts them off the output; prefix tuning
+  (Li & Liang, 2021, arXiv:2101.00190) hands each layer's attention its prefix; bottleneck
+  adapters (Houlsby et al., 2019, arXiv:1902.00751) follow the attention and MLP sub-layers.
+  Their per-layer arrays ride the layer scan beside the stacked block params.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from flax import nnx
 from llm.config import ModelConfig
 from llm.model import kv_cache, positions
 from llm.model.attention import Attention, LayerCache, split_key
+from llm.model.extras import SHARED, Extras, LayerExtras, bottleneck
 from llm.model.layers import dropout, make_norm, normal, param
 from llm.model.mlp import MLP
 from llm.model.outputs import LayerOutput, ModelOutput, merge_aux, sum_layers
@@ -64,25 +70,36 @@ class Block(nnx.Module):
         segment_ids_BL,
         key: Array | None,
         cache: LayerCache | None = None,
+        extras: LayerExtras | None = None,
     ) -> LayerOutput:
         """The new residual stream, the updated cache (None without one) and the auxiliary
-        losses of the attention and MLP."""
+        losses of the attention and MLP. `extras`: this layer's prefix and adapters."""
         x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
         rate = self.cfg.resid_dropout
         k_attn, k_res1, k_res2 = split_key(key, 3)
         pre = self.cfg.norm_placement == "pre"
         attn = self.attn(
-            self.attn_norm(x_BLD) if pre else x_BLD, positions_BL, segment_ids_BL, k_attn, cache
-        )
+            self.attn_norm(x_BLD) if pre else x_BLD, positions_BL, segment_ids_BL, k_attn, cache,
+            extras,
+        )  # fmt: skip
+        attn_h = _adapt(attn.hidden_BLD, extras, "attn")
         if pre:
-            x_BLD = x_BLD + dropout(attn.hidden_BLD, rate, k_res1)
+            x_BLD = x_BLD + dropout(attn_h, rate, k_res1)
             mlp = self.mlp(self.mlp_norm(x_BLD))
-            x_BLD = x_BLD + dropout(mlp.hidden_BLD, rate, k_res2)
+            x_BLD = x_BLD + dropout(_adapt(mlp.hidden_BLD, extras, "mlp"), rate, k_res2)
         else:
-            x_BLD = self.attn_norm(x_BLD + dropout(attn.hidden_BLD, rate, k_res1))
+            x_BLD = self.attn_norm(x_BLD + dropout(attn_h, rate, k_res1))
             mlp = self.mlp(x_BLD)
-            x_BLD = self.mlp_norm(x_BLD + dropout(mlp.hidden_BLD, rate, k_res2))
+            mlp_h = _adapt(mlp.hidden_BLD, extras, "mlp")
+            x_BLD = self.mlp_norm(x_BLD + dropout(mlp_h, rate, k_res2))
         return LayerOutput(x_BLD, attn.cache, merge_aux(attn.aux_losses, mlp.aux_losses))
+
+
+def _adapt(h_BLD: Array, extras: LayerExtras | None, site: str) -> Array:
+    """A sub-layer's output through its bottleneck adapter, if this run has one there."""
+    if extras is None or not extras.adapters or site not in extras.adapters:
+        return h_BLD
+    return bottleneck(h_BLD, extras.adapters[site])
 
 
 class Transformer(nnx.Module):
@@ -115,8 +132,12 @@ class Transformer(nnx.Module):
         input_embeddings_BLD: Array | None = None,
         cache: kv_cache.KVCache | None = None,
         layers: tuple | None = None,
+        extras: Extras | None = None,
     ) -> ModelOutput:
         """`input_embeddings_BLD`, if given, replaces the token lookup (soft prompts, probes).
+
+        `extras` (llm/model/extras.py) adds prompt / prefix tuning and bottleneck adapters;
+        the output then still covers exactly the L real tokens.
 
         `layers`, if given, are the blocks' params one tree per layer (the decode layout of
         `llm.model.unstack_layers`), used instead of the stacked ones.
@@ -129,17 +150,28 @@ class Transformer(nnx.Module):
         B, L = tokens_BL.shape
         if segment_ids_BL is None:
             segment_ids_BL = jnp.ones((B, L), jnp.int32)
+        extras = extras or Extras()
         if cache is not None:
-            return self._cached(tokens_BL, segment_ids_BL, cache, return_logits, layers)
+            return self._cached(
+                tokens_BL, segment_ids_BL, cache, return_logits, layers, extras,
+                input_embeddings_BLD,
+            )  # fmt: skip
         if positions_BL is None:
             positions_BL = default_positions(B, L)
+        positions_BL = positions_BL + self._check_virtual(L, extras)  # real tokens at P + p
         k_embed, k_blocks = split_key(dropout_key, 2)
         x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD)
+        x_BLD, positions_BL, segment_ids_BL = self._prepend(
+            extras.prompt_PD, x_BLD, positions_BL, segment_ids_BL
+        )
         x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
         x_BLD, (per_layer_YBLD, aux_Y) = self._run_blocks(
             x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states,
-            layers=layers,
+            layers=layers, extras=extras,
         )  # fmt: skip
+        if extras.prompt_PD is not None:  # the loss sees the real tokens only
+            x_BLD, x0_BLD = x_BLD[:, -L:], x0_BLD[:, -L:]
+            per_layer_YBLD = None if per_layer_YBLD is None else per_layer_YBLD[:, :, -L:]
         hidden_states = None
         if return_hidden_states:
             hidden_states = jnp.concatenate([x0_BLD[None], per_layer_YBLD])
@@ -156,24 +188,43 @@ class Transformer(nnx.Module):
         )
 
     def _cached(
-        self, tokens_BL, segment_ids_BL, cache, return_logits: bool, layers=None
+        self,
+        tokens_BL,
+        segment_ids_BL,
+        cache,
+        return_logits: bool,
+        layers,
+        extras: Extras,
+        input_embeddings_BLD=None,
     ) -> ModelOutput:
-        """Forward of new tokens against a KV cache (deterministic: no dropout)."""
+        """Forward of new tokens (or given embeddings) against a KV cache (deterministic:
+        no dropout). Of the `extras`, only bottleneck adapters run here: prompt and prefix
+        tuning enter a cache once, before the first token (`llm.model.prime_cache`)."""
+        if extras.n_virtual:
+            raise ValueError(
+                "prompt / prefix tuning enter a KV cache through llm.model.prime_cache, "
+                "not through each decode step's extras"
+            )
         positions_BL, kv_positions_BS, kv_segment_ids_BS = kv_cache.step_layout(
             cache, segment_ids_BL
         )
-        x_BLD = self.embed(tokens_BL, positions_BL)
+        x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD)
         graphdef, stacked = nnx.split(self.blocks)
 
         def body(carry, layer):
             x_BLD, k_YBKSH, v_YBKSH = carry
-            layer_state, index = layer
+            layer_state, index, sliced = layer
             view = LayerCache(k_YBKSH, v_YBKSH, index, kv_positions_BS, kv_segment_ids_BS)
-            out = nnx.merge(graphdef, layer_state)(x_BLD, positions_BL, segment_ids_BL, None, view)
+            block = nnx.merge(graphdef, layer_state)
+            out = block(
+                x_BLD, positions_BL, segment_ids_BL, None, view, LayerExtras.of(sliced, False)
+            )
             return (out.hidden_BLD, out.cache.k_YBKSH, out.cache.v_YBKSH), out.aux_losses
 
         carry = (x_BLD, cache.k_YBKSH, cache.v_YBKSH)
-        (x_BLD, k_YBKSH, v_YBKSH), aux_Y = self._over_layers(body, carry, stacked, layers)
+        (x_BLD, k_YBKSH, v_YBKSH), aux_Y = self._over_layers(
+            body, carry, stacked, layers, extras.layer_slices()
+        )
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
         new_cache = kv_cache.KVCache(k_YBKSH, v_YBKSH, kv_cache.advance(cache, segment_ids_BL))
@@ -192,6 +243,30 @@ class Transformer(nnx.Module):
             x_BLD += positions.sinusoidal(positions_BL, cfg.d_model).astype(cfg.dtype)
         return x_BLD
 
+    def _check_virtual(self, L: int, extras: Extras) -> int:
+        """P, the virtual tokens ahead of each document; learned positions must cover them."""
+        P = extras.n_virtual
+        if P and self.pos_embed is not None and L + P > self.cfg.max_seq_len:
+            raise ValueError(
+                f"{P} virtual tokens + {L} tokens exceed model.max_seq_len="
+                f"{self.cfg.max_seq_len}, the learned position table (real tokens sit at P + p)"
+            )
+        return P
+
+    def _prepend(self, prompt_PD, x_BLD, positions_BL, segment_ids_BL):
+        """(embeddings, positions, segment ids) with the virtual tokens of prompt tuning
+        ahead of each row: positions 0..P-1, segment `SHARED` (seen by every document)."""
+        if prompt_PD is None:
+            return x_BLD, positions_BL, segment_ids_BL
+        B, P = x_BLD.shape[0], prompt_PD.shape[0]
+        pos_BP = default_positions(B, P)
+        prompt_BPD = self.embed(None, pos_BP, jnp.broadcast_to(prompt_PD, (B, *prompt_PD.shape)))
+        return (
+            jnp.concatenate([prompt_BPD, x_BLD], axis=1),
+            jnp.concatenate([pos_BP, positions_BL], axis=1),
+            jnp.concatenate([jnp.full((B, P), SHARED, segment_ids_BL.dtype), segment_ids_BL], 1),
+        )
+
     def logits(self, x_BLD: Array) -> Array:
         """Output layer: the tied embedding (transposed) or the separate lm_head."""
         dtype = self.cfg.dtype
@@ -201,36 +276,43 @@ class Transformer(nnx.Module):
             )
         return jnp.einsum("BLD,DV->BLV", x_BLD.astype(dtype), self.lm_head[...].astype(dtype))
 
-    def _run_blocks(self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, layers):
+    def _run_blocks(
+        self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, layers, extras: Extras
+    ):
         """Scans the stacked blocks (or loops over `layers`, the per-layer params, or over
         slices of the stacked ones); returns the output and, per layer, the block's output
         (if `collect`, else None) and auxiliary losses."""
         graphdef, stacked = nnx.split(self.blocks)
         keys_Y = None if key is None else jax.random.split(key, self.cfg.n_layers)
+        shared = extras.n_virtual > 0
 
         def body(x_BLD, layer):
-            layer_state, index = layer
+            layer_state, index, sliced = layer
             layer_key = None if keys_Y is None else keys_Y[index]
-            out = nnx.merge(graphdef, layer_state)(x_BLD, positions_BL, segment_ids_BL, layer_key)
+            block = nnx.merge(graphdef, layer_state)
+            out = block(x_BLD, positions_BL, segment_ids_BL, layer_key, None,
+                        LayerExtras.of(sliced, shared))  # fmt: skip
             return out.hidden_BLD, (out.hidden_BLD if collect else None, out.aux_losses)
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        return self._over_layers(body, x_BLD, stacked, layers)
+        return self._over_layers(body, x_BLD, stacked, layers, extras.layer_slices())
 
-    def _over_layers(self, body, carry, stacked, layers):
-        """`body(carry, (layer params, layer index))` over the layers: a `lax.scan` over the
-        stacked params, or, with `scan_layers=False` or per-layer `layers` given, a Python
-        loop (the index is then a Python int, so indexing with it is static). Returns the
-        final carry and the per-layer outputs stacked along a leading layers axis (a pytree,
-        None leaves staying None): auxiliary losses come back this way, not in the carry,
-        because the carry's structure must be known before the first layer has run."""
+    def _over_layers(self, body, carry, stacked, layers, extras_Y=None):
+        """`body(carry, (layer params, layer index, layer's extras))` over the layers: a
+        `lax.scan` over the stacked params (and `extras_Y`, a pytree with a leading layers
+        axis), or, with `scan_layers=False` or per-layer `layers` given, a Python loop (the
+        index is then a Python int, so indexing with it is static). Returns the final carry
+        and the per-layer outputs stacked along a leading layers axis (a pytree, None leaves
+        staying None): auxiliary losses come back this way, not in the carry, because the
+        carry's structure must be known before the first layer has run."""
         n = self.cfg.n_layers
         if layers is None and self.cfg.scan_layers:
-            return jax.lax.scan(body, carry, (stacked, jnp.arange(n, dtype=jnp.int32)))
+            xs = (stacked, jnp.arange(n, dtype=jnp.int32), extras_Y)
+            return jax.lax.scan(body, carry, xs)
         outs = []
         for i, layer_state in enumerate(layers or _slices(stacked, n)):
-            carry, out = body(carry, (layer_state, i))
+            carry, out = body(carry, (layer_state, i, jax.tree.map(lambda a, i=i: a[i], extras_Y)))
             outs.append(out)
         return carry, jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *outs)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,10 +49,12 @@ from llm.typing import PyTree
 NAME = "lora"  # the adapter's component name in the params / frozen trees
 SCALE_LEAF = r"/scale$"  # the frozen part of each adapted target
 LAYERS, EMBED = "layers", "embed"
+# (weight path, adapter entry, weight shape) -> the float32 update added to the weight
+Update = Callable[[str, dict, tuple[int, ...]], jax.Array]
 
 
 def path_of(keys: tuple[Any, ...]) -> str:
-    """"blocks/attn/q/w" from a pytree key path (the names `peft.target` patterns match)."""
+    """The "blocks/attn/q/w" form of a pytree key path (the names `peft.target` matches)."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
 
 
@@ -180,21 +183,34 @@ def _check_fits(path: str, entry: dict[str, jax.Array], shape: tuple[int, ...]) 
         )
 
 
-def _add(model: PyTree, lora: PyTree, sign: float, where: str = "") -> PyTree:
-    """The decoder tree with sign * scale * A @ B added to each adapted weight (a new tree;
-    the untouched leaves are the same arrays)."""
-    missing = sorted(set(lora) - set(model))
+def add_updates(
+    model: PyTree, adapter: PyTree, update: Update, is_entry: Callable[[dict], bool], where=""
+) -> PyTree:
+    """The decoder tree with `update(path, entry, weight shape)` (a float32 delta) added to
+    each weight the adapter has an entry for (a new tree; untouched leaves are the same
+    arrays). Shared by the additive methods: LoRA, QLoRA, AdaLoRA."""
+    missing = sorted(set(adapter) - set(model))
     if missing:
-        raise ValueError(f"the LoRA adapter names {where}{missing[0]}, which the model lacks")
+        raise ValueError(f"the adapter names {where}{missing[0]}, which the model lacks")
     out = dict(model)
-    for key, entry in lora.items():
+    for key, entry in adapter.items():
         w = model[key]
-        if "a" in entry and "b" in entry:
-            _check_fits(f"{where}{key}", entry, w.shape)
-            out[key] = (w.astype(jnp.float32) + sign * delta(entry, w.shape)).astype(w.dtype)
+        if is_entry(entry):
+            step = update(f"{where}{key}", entry, w.shape)
+            out[key] = (w.astype(jnp.float32) + step).astype(w.dtype)
         else:
-            out[key] = _add(w, entry, sign, f"{where}{key}/")
+            out[key] = add_updates(w, entry, update, is_entry, f"{where}{key}/")
     return out
+
+
+def _add(model: PyTree, lora: PyTree, sign: float) -> PyTree:
+    """The decoder tree with sign * scale * A @ B added to each adapted weight."""
+
+    def update(path: str, entry: dict, shape: tuple[int, ...]) -> jax.Array:
+        _check_fits(path, entry, shape)
+        return sign * delta(entry, shape)
+
+    return add_updates(model, lora, update, lambda e: "a" in e and "b" in e)
 
 
 def apply_lora(model: PyTree, lora: PyTree) -> PyTree:
@@ -213,5 +229,3 @@ def unmerge(merged: PyTree, lora: PyTree) -> PyTree:
 def n_trainable(lora: PyTree) -> int:
     """Trained adapter parameters: the sizes of every A and B (the scale is frozen)."""
     return sum(e["a"].size + e["b"].size for e in entries(lora).values())
-
-

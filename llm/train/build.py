@@ -27,11 +27,13 @@ import optax
 from jax.sharding import PartitionSpec
 
 from llm.config import Config
+from llm.data.classification import resolve_labels
 from llm.model import init_params, logical_axes
 from llm.model.functional import abstract_params
 from llm.sharding import memory
 from llm.sharding import rules as R
 from llm.sharding.init import ShardingPlan, opt_state_specs, tree_specs
+from llm.train.losses import Loss, make_loss
 from llm.train.optim import make_optimizer
 from llm.train.state import TrainState, init_state
 from llm.train.trainable import Split, Trainable, trainable_from_config
@@ -60,6 +62,17 @@ class StateLayout:
         )
 
 
+def run_trainable(cfg: Config, loss: Loss, trainable: Trainable | None = None) -> Trainable:
+    """What the run trains: `trainable` (default: `train.freeze` / `peft:` from `cfg`) plus the
+    components the loss declares (`Loss.components`, e.g. a classification head), so a loss's
+    head exists under full fine-tuning, `train.freeze` and every `peft.method`."""
+    base = trainable or trainable_from_config(cfg)
+    extra = loss.components(cfg.model)
+    if clash := sorted(set(extra) & set(base.extra)):
+        raise ValueError(f"loss {loss.name!r} adds components {clash} that the trainable has")
+    return dataclasses.replace(base, extra={**base.extra, **extra}) if extra else base
+
+
 def abstract_split(cfg: Config, trainable: Trainable) -> Split:
     """The run's (params, frozen) as ShapeDtypeStructs, with their logical axes."""
     model = abstract_params(cfg.model)
@@ -69,7 +82,7 @@ def abstract_split(cfg: Config, trainable: Trainable) -> Split:
 
 def make_tx(cfg: Config, split: Split) -> optax.GradientTransformation:
     """The optimiser over the trained tree only."""
-    return make_optimizer(cfg.optim, cfg.train.steps, split.params, split.params_axes)
+    return make_optimizer(cfg.optim, cfg.train.steps, split.params, split.params_axes, cfg.peft)
 
 
 def _builder(cfg: Config, trainable: Trainable, tx: optax.GradientTransformation):
@@ -123,7 +136,7 @@ def init_train_state(cfg: Config, layout: StateLayout, loaded: PyTree | None = N
 
 def memory_plan(cfg: Config, n_devices: int, trainable: Trainable | None = None) -> Any:
     """Per-device bytes of this run on `n_devices` (llm.sharding.memory), abstractly."""
-    split = abstract_split(cfg, trainable or trainable_from_config(cfg))
+    split = abstract_split(cfg, run_trainable(cfg, make_loss(resolve_labels(cfg)), trainable))
     opt = jax.eval_shape(make_tx(cfg, split).init, split.params)
     return memory.plan(cfg, n_devices, split.params, split.params_axes,
                        split.frozen, split.frozen_axes, opt)  # fmt: skip

@@ -19,18 +19,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.model import forward
+from llm.model.extras import Extras
 from llm.ops.cross_entropy import cross_entropy_plain
 from llm.typing import PyTree
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eval_sums(model_cfg: Any, params: PyTree, batch: dict[str, jax.Array]) -> jax.Array:
+def _eval_sums(
+    model_cfg: Any, params: PyTree, batch: dict[str, jax.Array], extras: Extras | None
+) -> jax.Array:
     out = forward(
         model_cfg,
         params,
         batch["inputs"],
         positions_BL=batch["positions"],
         segment_ids_BL=batch["segment_ids"],
+        extras=extras,
     )
     _, ce = cross_entropy_plain(out.logits_BLV, batch["targets"], batch["loss_mask"])
     return ce
@@ -51,19 +55,21 @@ def evaluate(
     tokenizer: Any,
     max_batches: int | None = None,
     put: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]] | None = None,
+    extras: Extras | None = None,
 ) -> dict[str, float]:
     """loss (nats/token), ppl, bpb and the token/byte/batch counts over `batches`.
 
     `put` turns a host batch into device arrays (default `jnp.asarray`); in a multi-process
     run it is `llm.data.device.to_device` and each process passes only its own rows: the
     loss sum is global (one jitted reduction), token and byte counts are summed over processes.
+    `extras`: a PEFT run's prompt / prefix / adapters (`llm.train.trainable.forward_extras`).
     """
     put = put or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
     nats, tokens, n_bytes, n = 0.0, 0.0, 0, 0
     for batch in batches:
         if max_batches is not None and n >= max_batches:
             break
-        nats += float(_eval_sums(model_cfg, params, put(batch)))
+        nats += float(_eval_sums(model_cfg, params, put(batch), extras))
         tokens += float(np.sum(batch["loss_mask"]))
         n_bytes += count_bytes(tokenizer, batch["targets"], batch["loss_mask"])
         n += 1

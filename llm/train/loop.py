@@ -47,7 +47,7 @@ import numpy as np
 from llm.checkpoint import Checkpointer, load_model, tokenizer_with_template
 from llm.checkpoint.manager import NonFiniteState
 from llm.config import Config, check, to_dict
-from llm.data import make_batches
+from llm.data import make_batches, resolve_labels
 from llm.data.device import to_device
 from llm.data.objectives import mlm_mask_id
 from llm.model import logical_axes
@@ -56,7 +56,7 @@ from llm.sharding import make_mesh, with_activation_sharding
 from llm.sharding import rules as R
 from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
-from llm.train.build import init_train_state, state_layout
+from llm.train.build import init_train_state, run_trainable, state_layout
 from llm.train.losses import Loss, check_batch_leaves, make_loss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
 from llm.train.monitor import Silent, TrainingDiverged, Window, flush
@@ -65,7 +65,7 @@ from llm.train.preemption import SignalFlag
 from llm.train.run_dir import CONFIG, logged, refuse_fresh_start, start_over, write_config
 from llm.train.state import TrainState
 from llm.train.step import make_train_step
-from llm.train.trainable import Trainable, model_params, trainable_from_config
+from llm.train.trainable import Trainable, model_params
 from llm.train.warm_start import warm_start_config
 
 Batches = Iterator[dict[str, np.ndarray]]
@@ -91,7 +91,7 @@ class Trainer:
         loss: Loss | None = None,
         trainable: Trainable | None = None,
     ) -> None:
-        cfg = warm_start_config(cfg)  # init_from: the source's architecture and tokenizer
+        cfg = resolve_labels(warm_start_config(cfg))  # init_from's model; the label set
         self.cfg, t = cfg, cfg.train
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ class Trainer:
         _check_data(cfg, self.tokenizer, self.loss)
         self.plan = make_plan(cfg, make_mesh(cfg.mesh))  # fails here, before any compile
         self.schedule = make_schedule(cfg.optim, t.steps)
-        self.layout = state_layout(cfg, self.plan, trainable or trainable_from_config(cfg))
+        self.layout = state_layout(cfg, self.plan, run_trainable(cfg, self.loss, trainable))
         self.batch_sharding = batch_shardings(self.plan, self.loss.batch_axes)
         self.step_fn = make_train_step(
             cfg,

@@ -33,6 +33,8 @@ import optax
 from jax.sharding import PartitionSpec
 
 from llm.config import OptimConfig
+from llm.config.peft import PeftConfig
+from llm.peft.rank_budget import adalora_optimizer
 from llm.typing import PyTree
 
 LAYER_AXIS = "layers"  # logical name of the scan-stacked layer axis (llm.model.logical_axes)
@@ -129,9 +131,25 @@ def muon_dimensions(params: PyTree, axes: PyTree | None) -> PyTree:
 
 
 def make_optimizer(
-    cfg: OptimConfig, total_steps: int, params: PyTree, axes: PyTree | None = None
+    cfg: OptimConfig,
+    total_steps: int,
+    params: PyTree,
+    axes: PyTree | None = None,
+    peft: PeftConfig | None = None,
 ) -> optax.GradientTransformation:
-    """Clipping + the configured update rule + the schedule, as one optax transformation."""
+    """Clipping + the configured update rule + the schedule, as one optax transformation;
+    with `peft.method: adalora`, wrapped in AdaLoRA's regulariser and rank budget (outermost,
+    so that its masking is the last word on the update; llm/peft/rank_budget.py)."""
+    tx = _make_rule(cfg, total_steps, params, axes)
+    if peft is not None and peft.method == "adalora":
+        return adalora_optimizer(peft, total_steps, tx)
+    return tx
+
+
+def _make_rule(
+    cfg: OptimConfig, total_steps: int, params: PyTree, axes: PyTree | None
+) -> optax.GradientTransformation:
+    """Clipping + the configured update rule + the schedule."""
     lr = make_schedule(cfg, total_steps)
     mask = decay_mask(cfg, params, axes)
     wd = cfg.weight_decay

@@ -14,6 +14,13 @@ its paths, so an adapter or mask names the leaves it applies to (STYLE.md, post-
 keyed by component name (`llm.peft.ADAPTERS`; LoRA is llm/peft/lora.py), inside the jitted
 loss, so no loss knows about adapters.
 
+Methods that change the forward pass rather than the weights (prompt and prefix tuning,
+bottleneck adapters: `llm.peft.FORWARD`) cannot be merged into a decoder tree. The hook
+every loss runs the decoder through is therefore `model_forward(model_cfg, params, frozen,
+inputs_BL, ...)`, not `forward(model_cfg, model_params(params, frozen), ...)`: it applies
+both kinds, and its output covers the batch's real tokens only. A new loss (classification,
+DPO, ...) that calls it trains every PEFT method without knowing any of them.
+
 Why two trees and not a mask over one: only `params` goes through `jax.grad` and the
 optimiser, so frozen leaves get no gradient buffer, no optimiser moments and no update at all
 (not a zero update), and a frozen reference model costs its weights and nothing more. Every
@@ -25,14 +32,16 @@ The default (`Trainable()`) is pretraining: every decoder param trainable, nothi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 
-from llm.model import abstract_params, logical_axes
-from llm.peft import ADAPTERS, METHODS
+from llm.model import ModelOutput, abstract_params, forward, logical_axes
+from llm.model.extras import Extras, combine
+from llm.peft import ADAPTERS, FORWARD, METHODS
 from llm.train.warm_start import warm_start_config
 from llm.typing import PyTree
 
@@ -43,7 +52,9 @@ MODEL = "model"  # the decoder's component in the params / frozen trees
 class Component:
     """An extra tree beside the decoder: built from a key (fresh) or given (loaded).
 
-    build: key -> tree (traced under jit, so it is created directly in its shards).
+    build: key -> tree (traced under jit, so it is created directly in its shards); with
+      `from_model`, (key, decoder tree) -> tree, for a component whose init reads the
+      decoder's weights (DoRA's magnitudes start at the weights' column norms).
     axes: the tree's logical axes, a tree of `PartitionSpec`s of the same structure.
     trainable: into `params` (True) or `frozen` (False).
     freeze: regexes on the tree's own paths whose leaves go to `frozen` even when the
@@ -51,10 +62,11 @@ class Component:
       the component sits in both trees with disjoint leaves, as the decoder can.
     """
 
-    build: Callable[[jax.Array], PyTree]
+    build: Callable[..., PyTree]
     axes: PyTree
     trainable: bool = True
     freeze: tuple[str, ...] = ()
+    from_model: bool = False  # build also takes the decoder's (loaded or fresh) tree
 
     def is_frozen(self, path: str) -> bool:
         return not self.trainable or any(re.search(p, path) for p in self.freeze)
@@ -117,12 +129,38 @@ def model_params(params: PyTree, frozen: PyTree) -> PyTree:
     return model
 
 
+def forward_extras(params: PyTree, frozen: PyTree) -> Extras | None:
+    """What the forward-pass components in either tree (`llm.peft.FORWARD`: prompt, prefix,
+    bottleneck adapters) add to the decoder's forward; None when the run has none."""
+    found = [
+        FORWARD[name](merge(params.get(name, {}), frozen.get(name, {}), f"{name}/"))
+        for name in sorted(set(params) | set(frozen))
+        if name in FORWARD
+    ]
+    return combine(*found) if found else None
+
+
+def model_forward(
+    model_cfg: Any, params: PyTree, frozen: PyTree, inputs_BL: jax.Array, **kwargs: Any
+) -> ModelOutput:
+    """The decoder run for a loss: `llm.model.forward` of `model_params(params, frozen)` with
+    the run's `forward_extras`; `kwargs` are forward's (positions_BL, segment_ids_BL,
+    dropout_key, return_logits, ...). Every loss calls this, so every PEFT method, merged or
+    not, reaches every loss; logits and hidden states cover the L real tokens only."""
+    weights = model_params(params, frozen)
+    extras = forward_extras(params, frozen)
+    return forward(model_cfg, weights, inputs_BL, extras=extras, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainable:
     """Which decoder params are frozen (regexes on their paths), plus extra components."""
 
     freeze: tuple[str, ...] = ()
     extra: Mapping[str, Component] = dataclasses.field(default_factory=dict)
+    # how the frozen decoder is kept: (frozen decoder, its axes) -> (stored tree, its axes),
+    # abstract or under jit (QLoRA quantises it, `llm.peft.Method.store`); None: as is
+    store: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]] | None = None
 
     def __post_init__(self) -> None:
         if MODEL in self.extra:
@@ -149,14 +187,17 @@ class Trainable:
         """(params, frozen) and their axes; `key` builds the extra components (under jit)."""
         frozen_m, train_m = _partition(model_tree, self.is_frozen)
         frozen_ax, train_ax = _partition(model_axes, self.is_frozen)
+        if self.store is not None and frozen_m:
+            frozen_m, frozen_ax = self.store(frozen_m, frozen_ax)
         params, frozen = _component(train_m), _component(frozen_m)
         params_axes, frozen_axes = _component(train_ax), _component(frozen_ax)
         keys = jax.random.split(key, max(len(self.extra), 1)) if key is not None else None
         for i, (name, comp) in enumerate(sorted(self.extra.items())):
             if keys is not None:
-                tree = comp.build(keys[i])
+                tree = comp.build(keys[i], *((model_tree,) if comp.from_model else ()))
             else:
-                tree = jax.eval_shape(comp.build, jax.random.key(0))
+                args = (model_tree,) if comp.from_model else ()
+                tree = jax.eval_shape(comp.build, jax.random.key(0), *args)
             _place(name, comp, tree, params, frozen)
             _place(name, comp, comp.axes, params_axes, frozen_axes)
         return Split(params, frozen, params_axes, frozen_axes)
@@ -200,9 +241,13 @@ def trainable_from_config(cfg: Any) -> Trainable:
     model_cfg = warm_start_config(cfg).model  # train.init_from: the source's architecture
     model, axes = abstract_params(model_cfg), logical_axes(model_cfg)
     adapter = Component(
-        build=lambda key: method.init(peft, model, axes, key)[0],
+        build=lambda key, tree: method.init(peft, tree, axes, key)[0],
         axes=method.axes(peft, model, axes),
         trainable=True,
         freeze=method.frozen,
+        from_model=True,  # init sees the run's decoder (DoRA reads its weights' norms)
     )
-    return Trainable(freeze=FREEZE_ALL, extra={method.component: adapter})
+    store = None if method.store is None else functools.partial(method.store, peft)
+    if store is not None:
+        store(model, axes)  # abstract: a matrix the storage cannot take raises here
+    return Trainable(freeze=FREEZE_ALL, extra={method.component: adapter}, store=store)

@@ -269,3 +269,14 @@ def test_a_lora_run_from_yaml_loads_as_its_merged_model(tiny):
         np.testing.assert_array_equal(got, want)
     base = result["state"].frozen[MODEL]["blocks"]["attn"]["q"]["w"]
     assert not np.array_equal(loaded.params["blocks"]["attn"]["q"]["w"], base)  # merged
+
+
+def test_every_config_method_is_registered():
+    """`peft.method` accepts exactly the registered methods (plus "none"): a name in the
+    config's Literal without a Method would pass validation and fail at the first run."""
+    import typing
+
+    from llm.config.peft import PeftMethod
+    from llm.peft import METHODS
+
+    assert set(typing.get_args(PeftMethod)) == {"none", *METHODS}

@@ -21,6 +21,7 @@ from llm.ops.cross_entropy import (
 )
 from llm.train.losses.base import Batch, Loss, LossFn, LossOutput, check_batch_leaves
 from llm.train.losses.causal_lm import CausalLMLoss
+from llm.train.losses.classification import ClassificationLoss
 from llm.train.losses.sft import SFTLoss
 
 Builder = Callable[[Any, Any], Loss]  # (loss config section, ModelConfig) -> Loss
@@ -35,6 +36,7 @@ def register_loss(name: str, builder: Builder) -> None:
 
 register_loss("causal_lm", CausalLMLoss.from_config)
 register_loss("sft", SFTLoss.from_config)
+register_loss("classification", ClassificationLoss.from_config)
 
 
 def make_loss(cfg: Any) -> Loss:
@@ -49,6 +51,7 @@ __all__ = [
     "LOSSES",
     "Batch",
     "CausalLMLoss",
+    "ClassificationLoss",
     "Loss",
     "LossFn",
     "LossOutput",

@@ -12,6 +12,8 @@ Besides the function itself a loss declares:
     sharded leaf by leaf from these through the one rules table, so `[B]`, `[B, 2, L]` and
     `[B, G, L]` leaves lay out correctly on every mesh preset; a leaf it does not declare is
     an error, never silently dropped.
+  * `components`: extra trees it scores with (a classification, value or reward head),
+    built beside the decoder in every run that uses the loss (`llm.train.build.run_trainable`).
   * `evaluate`: its validation metrics. The default is the mean loss and metrics over the
     validation batches; language-model losses add perplexity and bits per byte.
 """
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.train.trainable import Component
 from llm.typing import Array, PyTree
 
 Batch = dict[str, Array]
@@ -100,6 +103,14 @@ class Loss(abc.ABC):
         weight = float(total.weight)
         metrics = {k: float(v) / weight for k, v in total.metrics.items()}
         return {"loss": float(total.total) / weight, **metrics, "weight": weight, "batches": n}
+
+    def components(self, model: Any) -> dict[str, Component]:
+        """Extra trees this loss scores with, built beside the decoder in every run that uses
+        it (a classification, value or reward head): {name: Component}, merged into the run's
+        `Trainable` by `llm.train.build.run_trainable`, so they exist under full fine-tuning,
+        `train.freeze` and any `peft.method` alike. `model` is the run's ModelConfig."""
+        del model
+        return {}
 
     def derived_metrics(self, train_metrics: Mapping[str, float]) -> dict[str, float]:
         """Metrics computed from a training step's (e.g. perplexity from the loss); none here."""

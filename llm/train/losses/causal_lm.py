@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.config import CausalLMLossConfig, ModelConfig
-from llm.model import forward, unembed
+from llm.model import unembed
 from llm.ops.cross_entropy import cross_entropy_chunked, cross_entropy_plain
 from llm.train.evaluate import evaluate
 from llm.train.losses.base import Batch, Loss, LossOutput, Put
-from llm.train.trainable import model_params
+from llm.train.trainable import forward_extras, model_forward, model_params
 from llm.typing import PyTree
 
 LM_AXES = ("batch", "length")
@@ -48,10 +48,10 @@ class CausalLMLoss(Loss):
         return cls(model, cfg.z_loss, cfg.label_smoothing, cfg.chunk_size)
 
     def __call__(self, params: PyTree, frozen: PyTree, batch: Batch, key: Any) -> LossOutput:
-        weights = model_params(params, frozen)
-        out = forward(
+        out = model_forward(
             self.model,
-            weights,
+            params,
+            frozen,
             batch["inputs"],
             positions_BL=batch.get("positions"),
             segment_ids_BL=batch.get("segment_ids"),
@@ -63,6 +63,7 @@ class CausalLMLoss(Loss):
         if self.chunk_size is None:
             loss, ce = cross_entropy_plain(out.logits_BLV, targets, mask, **kw)
         else:
+            weights = model_params(params, frozen)  # the output layer (CSE'd under jit)
             project = lambda h: unembed(self.model, weights, h)  # noqa: E731
             loss, ce = cross_entropy_chunked(
                 project, out.hidden_BLD, targets, mask, chunk_size=self.chunk_size, **kw
@@ -85,8 +86,10 @@ class CausalLMLoss(Loss):
         put: Put | None = None,
     ) -> dict[str, float]:
         """loss (cross-entropy, nats/token), ppl, bpb: `llm.train.evaluate.evaluate`."""
-        weights = model_params(params, frozen)
-        return evaluate(self.model, weights, batches, tokenizer, max_batches, put=put)
+        weights, extras = model_params(params, frozen), forward_extras(params, frozen)
+        return evaluate(
+            self.model, weights, batches, tokenizer, max_batches, put=put, extras=extras
+        )
 
     def derived_metrics(self, train_metrics: Mapping[str, float]) -> dict[str, float]:
         return {"ppl": math.exp(min(float(train_metrics["loss"]), 700.0))}

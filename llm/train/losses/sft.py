@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from llm.config.loss import SFTLossConfig
-from llm.model import forward
 from llm.ops.cross_entropy import cross_entropy_plain
 from llm.train.losses.base import Batch, Loss, LossOutput
 from llm.train.losses.causal_lm import CausalLMLoss
-from llm.train.trainable import model_params
+from llm.train.trainable import model_forward
 from llm.typing import PyTree
 
 
@@ -43,9 +42,10 @@ class SFTLoss(CausalLMLoss):
         """Sums of cross-entropy and of correct greedy predictions over masked tokens."""
 
         def sums(params: PyTree, frozen: PyTree, batch: Batch) -> LossOutput:
-            out = forward(
+            out = model_forward(
                 self.model,
-                model_params(params, frozen),
+                params,
+                frozen,
                 batch["inputs"],
                 positions_BL=batch["positions"],
                 segment_ids_BL=batch["segment_ids"],
