@@ -1,9 +1,10 @@
 """The CPU fine-tuning presets run as their header comments say, and their loss falls.
 
-configs/sft_tiny.yaml (full SFT of the default byte model on addition chats) and
-configs/lora_tiny.yaml (a LoRA adapter on that run for subtraction chats), each for a few
-steps. Their data comes from the very command in each preset's header, run here, so the
-documented recipe cannot rot.
+configs/sft_tiny.yaml (full SFT of the default byte model on addition chats),
+configs/lora_tiny.yaml (a LoRA adapter on that run for subtraction chats) and
+configs/qlora_tiny.yaml (the same adapter over an NF4-stored base), each for a few steps.
+Their data comes from the very command in each preset's header, run here, so the documented
+recipe cannot rot.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import jax
 import pytest
 
 from llm.config import load_config
@@ -71,4 +73,19 @@ def test_lora_tiny_preset_trains_an_adapter_on_the_sft_run_and_its_loss_falls(sf
     assert set(result["state"].params) == {"lora"}  # only the adapter was trained
     losses = train_losses(tmp / "lora")
     # measured 2026-12-07: 2.77 at step 1, 2.51 at steps 11 and 12 (warm-up still rising)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.15, losses
+
+
+def test_qlora_tiny_preset_trains_an_adapter_on_an_nf4_base(sft_run):
+    tmp, base = sft_run
+    data = build_data("lora_tiny.yaml", tmp)  # qlora_tiny uses lora_tiny's data
+    cfg = load_config(CONFIGS / "qlora_tiny.yaml",
+                      [f"data.corpus={data}", f"train.init_from={base}",
+                       f"train.run_dir={tmp / 'qlora'}", *QUIET])  # fmt: skip
+    assert (cfg.peft.method, cfg.peft.quant) == ("qlora", "nf4")
+    result = train(cfg)
+    assert set(result["state"].params) == {"qlora"}  # only the adapter was trained
+    codes = [x for x in jax.tree.leaves(result["state"].frozen["model"]) if x.dtype == "uint8"]
+    assert codes, "the frozen base holds no NF4 codes"
+    losses = train_losses(tmp / "qlora")
     assert sum(losses[-3:]) / 3 < losses[0] - 0.15, losses

