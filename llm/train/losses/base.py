@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import itertools
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -92,9 +93,7 @@ class Loss(abc.ABC):
         del tokenizer
         put = put or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
         total, n = None, 0
-        for batch in batches:
-            if max_batches is not None and n >= max_batches:
-                break
+        for batch in itertools.islice(batches, max_batches):
             out = self._eval_sums(params, frozen, put(batch))
             total = out if total is None else jax.tree.map(jnp.add, total, out)
             n += 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -181,9 +182,7 @@ class ClassificationLoss(Loss):
         del tokenizer
         put = put or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
         scores, labels, n = [], [], 0
-        for batch in batches:
-            if max_batches is not None and n >= max_batches:
-                break
+        for batch in itertools.islice(batches, max_batches):
             keep = np.asarray(batch["weight"]) > 0
             scores.append(np.asarray(self._scores(params, frozen, put(batch)))[keep])
             labels.append(np.asarray(batch["label"])[keep])
