@@ -1,4 +1,4 @@
-"""Typed, frozen, nested configs: `Config(model, data, optim, mesh, train, eval)`.
+"""Typed, frozen, nested configs: `Config(model, data, optim, mesh, train, loss, eval, ...)`.
 
 cfg = load_config("configs/tiny.yaml", ["model.n_layers=4", "optim.lr=1e-3"])
 save_config(cfg, "run/config.yaml")            # read back identical with load_config
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from llm.config.align import RLConfig
 from llm.config.base import (
     MOVED_KEYS,
     ConfigError,
@@ -51,6 +52,7 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     peft: PeftConfig = dataclasses.field(default_factory=PeftConfig)
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
+    rl: RLConfig = dataclasses.field(default_factory=RLConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -83,6 +85,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "PeftConfig",
+    "RLConfig",
     "ServeConfig",
     "TrainConfig",
     "config_class",

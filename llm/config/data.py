@@ -6,7 +6,9 @@ from typing import Literal
 
 from llm.config.base import check, config_class
 
-SourceFormat = Literal["auto", "txt", "jsonl", "parquet", "hf", "chat", "classification"]
+SourceFormat = Literal[
+    "auto", "txt", "jsonl", "parquet", "hf", "chat", "classification", "preference", "prompts"
+]
 Normalization = Literal["NFC", "NFKC", "none"]
 EncodingErrors = Literal["strict", "replace"]
 Objective = Literal["causal", "mlm"]
@@ -19,7 +21,9 @@ class DataConfig:
 
     corpus: str = "shakespeare"  # built-in name (shakespeare|milton) or a file, directory or glob
     format: SourceFormat = "auto"  # reader for `corpus`; auto by extension; chat = SFT JSONL;
-    # classification = {"text", "label"} JSONL (llm/data/classification.py)
+    # classification = {"text", "label"} JSONL (llm/data/classification.py); preference =
+    # chosen/rejected pairs or KTO's labelled completions (llm/data/preference.py); prompts =
+    # RL prompts with optional answers (llm/data/prompts.py)
     text_field: str = "text"  # JSONL key / Parquet column / HF dataset column holding the text
     txt_separator: str | None = None  # .txt: line that separates documents; null = one per file
     hf_split: str = "train"  # split read from a Hugging Face dataset (format=hf)
@@ -76,6 +80,11 @@ class DataConfig:
             self.format != "chat" or self.objective == "causal",
             "objective",
             "data.format=chat (SFT conversations) makes causal batches; use objective=causal",
+        )
+        check(
+            self.format not in ("preference", "prompts") or self.objective == "causal",
+            "objective",
+            f"data.format={self.format} is for causal decoders; use objective=causal",
         )
         check(0.0 < self.mlm_rate < 1.0, "mlm_rate", "must be in (0, 1)")
         check(self.read_threads >= 0, "read_threads", "must be non-negative")

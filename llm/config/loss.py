@@ -15,6 +15,18 @@ from typing import Annotated, Literal
 
 import pydantic
 
+from llm.config.align import (
+    ALIGN_LOSS_CONFIGS,
+    CDPOLossConfig,
+    DPOLossConfig,
+    GRPOLossConfig,
+    IPOLossConfig,
+    KTOLossConfig,
+    ORPOLossConfig,
+    PPOLossConfig,
+    RewardLossConfig,
+    SimPOLossConfig,
+)
 from llm.config.base import check, config_class
 
 
@@ -96,11 +108,22 @@ def _tag(value: object) -> str | None:
 LossConfig = Annotated[
     Annotated[CausalLMLossConfig, pydantic.Tag("causal_lm")]
     | Annotated[SFTLossConfig, pydantic.Tag("sft")]
-    | Annotated[ClassificationLossConfig, pydantic.Tag("classification")],
+    | Annotated[ClassificationLossConfig, pydantic.Tag("classification")]
+    | Annotated[RewardLossConfig, pydantic.Tag("reward")]
+    | Annotated[DPOLossConfig, pydantic.Tag("dpo")]
+    | Annotated[CDPOLossConfig, pydantic.Tag("cdpo")]
+    | Annotated[IPOLossConfig, pydantic.Tag("ipo")]
+    | Annotated[SimPOLossConfig, pydantic.Tag("simpo")]
+    | Annotated[ORPOLossConfig, pydantic.Tag("orpo")]
+    | Annotated[KTOLossConfig, pydantic.Tag("kto")]
+    | Annotated[PPOLossConfig, pydantic.Tag("ppo")]
+    | Annotated[GRPOLossConfig, pydantic.Tag("grpo")],
     pydantic.Discriminator(_tag),
 ]
 LOSS_CONFIGS: dict[str, type] = {
     "causal_lm": CausalLMLossConfig,
     "sft": SFTLossConfig,
     "classification": ClassificationLossConfig,
+    **ALIGN_LOSS_CONFIGS,
 }
+RL_LOSSES = ("ppo", "grpo")  # trained by the RL loop on rollouts (llm/align/rl.py)

@@ -65,12 +65,17 @@ class StateLayout:
 def run_trainable(cfg: Config, loss: Loss, trainable: Trainable | None = None) -> Trainable:
     """What the run trains: `trainable` (default: `train.freeze` / `peft:` from `cfg`) plus the
     components the loss declares (`Loss.components`, e.g. a classification head), so a loss's
-    head exists under full fine-tuning, `train.freeze` and every `peft.method`."""
+    head exists under full fine-tuning, `train.freeze` and every `peft.method`; and the frozen
+    reference policy when the loss scores against one (`Loss.reference`)."""
     base = trainable or trainable_from_config(cfg)
     extra = loss.components(cfg.model)
     if clash := sorted(set(extra) & set(base.extra)):
         raise ValueError(f"loss {loss.name!r} adds components {clash} that the trainable has")
-    return dataclasses.replace(base, extra={**base.extra, **extra}) if extra else base
+    if extra:
+        base = dataclasses.replace(base, extra={**base.extra, **extra})
+    if loss.reference and not base.reference:
+        base = dataclasses.replace(base, reference=True)
+    return base
 
 
 def abstract_split(cfg: Config, trainable: Trainable) -> Split:

@@ -26,6 +26,16 @@ optimiser, so frozen leaves get no gradient buffer, no optimiser moments and no 
 (not a zero update), and a frozen reference model costs its weights and nothing more. Every
 leaf of both trees carries logical axes, so the one rules table shards them alike.
 
+A preference or RL loss scores against a *reference policy* (`Trainable(reference=True)`,
+set by `llm.train.build.run_trainable` for a loss with `Loss.reference`): the frozen
+component "reference" holds a copy, made at step 0, of every trained component the decoder's
+forward reads (the trained decoder leaves; a PEFT adapter's trained leaves), and
+`reference_forward` runs the decoder with it in place of `params`. Under full fine-tuning
+that is a second copy of the trained weights (unavoidable); under LoRA and the other
+adapters it is a copy of the adapter at its initialisation, which leaves the base unchanged
+(LoRA's B starts at zero), so the reference is the base with the adapter switched off at
+the cost of the adapter's size, never a second base.
+
 The default (`Trainable()`) is pretraining: every decoder param trainable, nothing frozen.
 """
 
@@ -46,6 +56,7 @@ from llm.train.warm_start import warm_start_config
 from llm.typing import PyTree
 
 MODEL = "model"  # the decoder's component in the params / frozen trees
+REFERENCE = "reference"  # the frozen step-0 copy of the policy's trained components
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +163,29 @@ def model_forward(
     return forward(model_cfg, weights, inputs_BL, extras=extras, **kwargs)
 
 
+def policy_components(tree: PyTree) -> dict:
+    """The components of `tree` that the decoder's forward reads (decoder, adapters)."""
+    return {k: v for k, v in tree.items() if k == MODEL or k in ADAPTERS or k in FORWARD}
+
+
+def reference_forward(
+    model_cfg: Any, params: PyTree, frozen: PyTree, inputs_BL: jax.Array, **kwargs: Any
+) -> ModelOutput:
+    """`model_forward` of the reference policy: the frozen "reference" copy in place of the
+    trained components (see the module docstring), gradients stopped. `params` is unused
+    but taken so that policy and reference calls read alike."""
+    del params
+    if REFERENCE not in frozen:
+        raise ValueError(
+            "this loss scores against a reference policy, but the run's frozen tree has no "
+            f"{REFERENCE!r} component; build the run with Trainable(reference=True) "
+            "(run_trainable does so for a loss with `reference = True`)"
+        )
+    ref = jax.lax.stop_gradient(frozen[REFERENCE])
+    rest = {k: v for k, v in frozen.items() if k != REFERENCE}
+    return model_forward(model_cfg, ref, rest, inputs_BL, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainable:
     """Which decoder params are frozen (regexes on their paths), plus extra components."""
@@ -161,10 +195,12 @@ class Trainable:
     # how the frozen decoder is kept: (frozen decoder, its axes) -> (stored tree, its axes),
     # abstract or under jit (QLoRA quantises it, `llm.peft.Method.store`); None: as is
     store: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]] | None = None
+    reference: bool = False  # also keep a frozen step-0 copy of the policy ("reference")
 
     def __post_init__(self) -> None:
-        if MODEL in self.extra:
-            raise ValueError(f"extra component name {MODEL!r} is the decoder's own")
+        for name in (MODEL, REFERENCE):
+            if name in self.extra:
+                raise ValueError(f"extra component name {name!r} is reserved")
 
     def is_frozen(self, path: str) -> bool:
         return any(re.search(p, path) for p in self.freeze)
@@ -200,7 +236,15 @@ class Trainable:
                 tree = jax.eval_shape(comp.build, jax.random.key(0), *args)
             _place(name, comp, tree, params, frozen)
             _place(name, comp, comp.axes, params_axes, frozen_axes)
+        if self.reference:
+            # a copy (not an alias: the train step donates and updates `params`)
+            frozen[REFERENCE] = jax.tree.map(_copy, policy_components(params))
+            frozen_axes[REFERENCE] = policy_components(params_axes)
         return Split(params, frozen, params_axes, frozen_axes)
+
+
+def _copy(x: Any) -> Any:
+    return x if isinstance(x, jax.ShapeDtypeStruct) else jax.numpy.array(x, copy=True)
 
 
 def _place(name: str, comp: Component, tree: PyTree, params: dict, frozen: dict) -> None:

@@ -14,6 +14,8 @@ Besides the function itself a loss declares:
     an error, never silently dropped.
   * `components`: extra trees it scores with (a classification, value or reward head),
     built beside the decoder in every run that uses the loss (`llm.train.build.run_trainable`).
+  * `reference`: True when it scores against the frozen reference policy (DPO, KTO, PPO's
+    and GRPO's KL), which the run then keeps (`llm.train.trainable.reference_forward`).
   * `evaluate`: its validation metrics. The default is the mean loss and metrics over the
     validation batches; language-model losses add perplexity and bits per byte.
 """
@@ -70,6 +72,7 @@ class Loss(abc.ABC):
 
     name: ClassVar[str] = ""
     batch_axes: ClassVar[BatchAxes] = types.MappingProxyType({})
+    reference: ClassVar[bool] = False  # reads frozen["reference"] (see the module docstring)
 
     @abc.abstractmethod
     def __call__(self, params: PyTree, frozen: PyTree, batch: Batch, key: Any) -> LossOutput:
