@@ -4,6 +4,8 @@ llm data prepare                   # download/cache the corpus, tokenize it, pri
 llm data report                    # what each cleaning / dedup stage removed
 llm data tokenize --out DIR        # write pre-tokenized shards; then data.corpus=DIR reads them
 llm data tasks --out DIR [--seed N] [--tasks a,b]   # instruction / classification sets
+llm data preferences --out DIR [--seed N] [--pairs N]  # preference pairs + KTO variant
+llm data arithmetic --out DIR [--n N] [--seed S]     # RL prompts with answers (prompts.py)
 
 Bad input (a missing corpus, a malformed line) is one line naming the file, exit status 2; a
 failed download of a built-in corpus exits 1 (see llm/cli.py).
@@ -32,6 +34,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tasks.add_argument("--tasks", help="comma-separated task names (default: all)")
     tasks.add_argument("--cache-dir", help="downloads and corpora (default: $LLM_CACHE_DIR)")
     tasks.set_defaults(func=run_tasks)
+    help_prefs = "preference pairs and a KTO variant from Shakespeare and the KJV"
+    prefs = actions.add_parser("preferences", help=help_prefs)
+    prefs.add_argument("--out", required=True, help="folder for {train,validation}.jsonl, kto/")
+    prefs.add_argument("--seed", type=int, default=0, help="seed of the split and the pairs")
+    prefs.add_argument("--pairs", type=int, default=2000, help="pairs drawn per set (both splits)")
+    prefs.add_argument("--sets", help="comma-separated set names (default: all)")
+    prefs.add_argument("--max-chars", type=int, help="longest chosen/rejected text (default: any)")
+    prefs.add_argument("--cache-dir", help="downloads and corpora (default: $LLM_CACHE_DIR)")
+    prefs.set_defaults(func=run_preferences)
+    arith = actions.add_parser("arithmetic", help="write RL prompts 'What is a op b?' with "
+                               "answers (data.format=prompts, llm/data/prompts.py)")  # fmt: skip
+    arith.add_argument("--out", required=True, help="folder for arithmetic.jsonl")
+    arith.add_argument("--n", type=int, default=2000, help="distinct prompts (default 2000)")
+    arith.add_argument("--seed", type=int, default=0, help="seed of the operands")
+    arith.add_argument("--max-operand", type=int, default=20, help="operands in [0, this]")
+    arith.add_argument("--ops", default="+,-", help="comma-separated operators of + - *")
+    arith.set_defaults(func=run_arithmetic)
     for name, text in helps.items():
         sub = actions.add_parser(name, help=text)
         add_config_args(sub)
@@ -74,6 +93,42 @@ def run_tasks(args: argparse.Namespace) -> int:
             f"shakespeare: {plays['unparsable_paragraphs']} unparsable paragraphs (counted "
             f"per play in manifest.json), skipped documents: {skipped}"
         )
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.out}/manifest.json (seed {args.seed}) in {seconds:.1f} s")
+    return 0
+
+
+def run_arithmetic(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm.data.prompts import write_arithmetic
+
+    ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
+    path = write_arithmetic(Path(args.out), args.n, args.seed, args.max_operand, ops)
+    print(f"wrote {args.n} prompts to {path}; train with data.corpus={path} data.format=prompts")
+    return 0
+
+
+def run_preferences(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm.data.preference_sets import build_preferences, parse_set_names
+
+    names = parse_set_names(args.sets)
+    start = time.perf_counter()
+    manifest = build_preferences(
+        Path(args.out), args.seed, args.pairs, names, args.cache_dir, args.max_chars
+    )
+    print(f"{'set':<22} {'train':>7} {'validation':>10}  rejections; dropped")
+    for name, t in manifest["sets"].items():
+        how = ", ".join(f"{k} {v}" for k, v in t["rejections"].items())
+        dropped = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "-"
+        print(f"{name:<22} {t['counts']['train']:>7} {t['counts']['validation']:>10}  "
+              f"{how}; {dropped}")  # fmt: skip
+    kto = manifest["kto"]
+    print(f"kto/: train {kto['train']['records']} ({kto['train']['desirable']} desirable), "
+          f"validation {kto['validation']['records']} ({kto['validation']['desirable']} "
+          "desirable)")  # fmt: skip
     seconds = time.perf_counter() - start
     print(f"wrote {args.out}/manifest.json (seed {args.seed}) in {seconds:.1f} s")
     return 0

@@ -49,6 +49,17 @@ def run(args: argparse.Namespace) -> int:
         print(report(cfg))
         print(memory_report(cfg, args.devices or jax.device_count()))
         return 0
+    from llm.config.loss import RL_LOSSES
+
+    if cfg.loss.name in RL_LOSSES:  # PPO / GRPO: rollouts, rewards, the RL loop
+        from llm.align.rl import train_rl
+
+        result = train_rl(cfg)
+        reward = (result["val"] or {}).get("reward", float("nan"))
+        print(f"run directory: {result['run_dir']}")
+        print(f"step {result['step']} (iteration {result['iteration']}): held-out greedy reward "
+              f"{reward:.4f}; wall time {result['wall_s']:.0f} s")  # fmt: skip
+        return result["exit_status"]
     from llm.train.loop import train
 
     result = train(cfg)  # TrainingDiverged: one line and exit status 1 (llm.cli)

@@ -8,6 +8,7 @@ of `rl.rewards`. Each loss's formula and paper: llm/train/losses/<name>.py, docs
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from llm.config.base import check, config_class
@@ -22,8 +23,8 @@ class RewardLossConfig:
     """Reward model: a scalar head trained with the Bradley-Terry loss on preference pairs."""
 
     name: Literal["reward"] = "reward"  # the loss this section configures
-    margin: float = 0.0  # Llama 2's margin m: -log sigmoid(r_c - r_r - m); a record's
-    # "margin" field, when present, replaces it for that pair
+    margin: float = 0.0  # floor of Llama 2's margin m: -log sigmoid(r_c - r_r - m), with
+    # m = max(margin, the record's "margin" field), so a record without one gets margin
     center_coef: float = 0.0  # weight of (r_c + r_r)^2, which keeps rewards centred at 0
 
     def __post_init__(self) -> None:
@@ -176,6 +177,9 @@ class RLConfig:
     rewards: tuple[str, ...] = ("arithmetic",)  # reward functions (llm/align/rewards.py)
     reward_weights: tuple[float, ...] = ()  # one per reward; empty = all 1
     reward_model: str | None = None  # a reward-model run directory, scored as reward "model"
+    # reward "format" (llm/align/rewards.py): 1 when the whole completion (surrounding
+    # whitespace stripped) matches this regex; the default is an answer like "-12."
+    format_regex: str = r"-?\d+\."
     eval_prompts: int = 64  # held-out prompts scored (greedy) at each evaluation
 
     def __post_init__(self) -> None:
@@ -184,6 +188,10 @@ class RLConfig:
         check(self.temperature > 0, "temperature", "must be positive (rollouts are sampled)")
         check(self.top_k >= 0, "top_k", "must be non-negative")
         check(bool(self.rewards), "rewards", "name at least one reward")
+        try:
+            re.compile(self.format_regex)
+        except re.error as err:
+            check(False, "format_regex", f"{self.format_regex!r} is not a regex ({err})")
         check(
             not self.reward_weights or len(self.reward_weights) == len(self.rewards),
             "reward_weights",

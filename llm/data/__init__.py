@@ -15,6 +15,7 @@ from llm.data.device import batch_sharding, to_device
 from llm.data.objectives import mlm_mask, span_corrupt
 from llm.data.packing import PackedRows, pack_reference
 from llm.data.pipeline import BatchIterator, make_batches
+from llm.data.preference import preference_rows, read_preferences
 from llm.data.shards import ShardError, TokenShard, read_shard, write_shard
 from llm.data.sources import Document, SourceError, read_documents
 from llm.data.tokenized import load_shards
@@ -34,9 +35,11 @@ __all__ = [
     "make_batches",
     "mlm_mask",
     "pack_reference",
+    "preference_rows",
     "prepare_builtin",
     "prepare_documents",
     "read_documents",
+    "read_preferences",
     "read_shard",
     "resolve_labels",
     "span_corrupt",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -31,8 +30,9 @@ from typing import Any
 import grain
 import numpy as np
 
+from llm.data.example_rows import example_batches
 from llm.data.sft import split_examples
-from llm.data.sources import SourceError, resolve_files
+from llm.data.sources import SourceError, jsonl_records
 
 log = logging.getLogger(__name__)
 Rows = dict[str, np.ndarray]
@@ -57,27 +57,10 @@ class ClassificationReport:
 
 def read_records(spec: str) -> list[Record]:
     """Every record under `spec`; a malformed one raises SourceError naming file:line."""
-    out = []
-    for path in resolve_files(spec):
-        with path.open("rb") as f:
-            for number, raw in enumerate(f, 1):
-                where = f"{path}:{number}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise SourceError(f"{where}: invalid UTF-8") from None
-                if line.strip():
-                    out.append(_record(line, where))
-    if not out:
-        raise SourceError(f"{spec}: no classification records found")
-    return out
+    return [_record(record, where) for record, where in jsonl_records(spec, "classification")]
 
 
-def _record(line: str, where: str) -> Record:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise SourceError(f"{where}: invalid JSON ({err.msg})") from None
+def _record(record: Any, where: str) -> Record:
     if not isinstance(record, dict):
         raise SourceError(f"{where}: expected a JSON object, got {type(record).__name__}")
     for key in ("text", "label"):
@@ -255,26 +238,14 @@ def classification_rows(
 def classification_dataset(
     cfg: Any, split: str, tokenizer: Any, process_index: int, process_count: int
 ) -> tuple[grain.MapDataset, str]:
-    """This process's batches, laid out like `llm.data.pipeline`'s: train rows repeat in a
-    new seeded order every epoch; validation is one pass padded with weight-0 rows."""
+    """This process's batches of examples: `llm.data.example_rows`."""
     if split not in ("train", "validation"):
         raise ValueError(
             f"data.format=classification has splits train and validation, not {split!r}"
         )
     B, seed = cfg.train.batch_size, cfg.data.seed
     rows, _, key = classification_rows(cfg, split, tokenizer)
-    n = len(rows["label"])
-    if split == "train":
-        indices = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
-    else:
-        indices = grain.MapDataset.range(-(-n // B) * B)
-
-    def row(i: int) -> dict[str, np.ndarray]:
-        one = {k: v[min(i, n - 1)] for k, v in rows.items()}
-        return one if i < n else {**one, "weight": np.float32(0.0)}
-
-    ds = indices.map(row)
-    return ds.batch(B // process_count, drop_remainder=True)[process_index::process_count], key
+    return example_batches(rows, split, B, seed, process_index, process_count), key
 
 
 def _fingerprint(rows: Rows, labels: Sequence[str]) -> str:

@@ -25,6 +25,7 @@ from llm.config import Config
 from llm.data.classification import classification_dataset
 from llm.data.objectives import mlm_mask, mlm_mask_id
 from llm.data.packing import PackedRows
+from llm.data.preference import preference_dataset
 from llm.data.sft import sft_dataset
 from llm.data.tokenized import OOD_SPLIT, load_shards
 from llm.tokenizers import Tokenizer
@@ -81,6 +82,8 @@ def make_batches(
         dataset, key = sft_dataset(cfg, split, tokenizer, process_index, process_count)
     elif cfg.data.format == "classification":  # {"text", "label"}: llm/data/classification.py
         dataset, key = classification_dataset(cfg, split, tokenizer, process_index, process_count)
+    elif cfg.data.format == "preference":  # pairs / KTO [B, 2, L]: llm/data/preference.py
+        dataset, key = preference_dataset(cfg, split, tokenizer, process_index, process_count)
     else:
         shards, _, key = load_shards(cfg.data, tokenizer, ood=split == OOD_SPLIT)
         if split not in shards:

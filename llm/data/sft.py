@@ -40,7 +40,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from llm.data.sources import SourceError, resolve_files
+from llm.data.sources import SourceError, jsonl_records, resolve_files
 from llm.tokenizers.chat import ROLES, apply_chat, marker_ids
 from llm.tokenizers.specials import DEFAULT_SPECIALS
 
@@ -75,25 +75,7 @@ class SFTReport:
 
 def read_records(spec: str) -> list[tuple[list[dict[str, str]], str]]:
     """(messages, "file:line") of every record under `spec`; bad records raise SourceError."""
-    out = []
-    for path in resolve_files(spec):
-        with path.open("rb") as f:
-            for number, raw in enumerate(f, 1):
-                where = f"{path}:{number}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise SourceError(f"{where}: invalid UTF-8") from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SourceError(f"{where}: invalid JSON ({err.msg})") from None
-                out.append((to_messages(record, where), where))
-    if not out:
-        raise SourceError(f"{spec}: no SFT records found")
-    return out
+    return [(to_messages(record, where), where) for record, where in jsonl_records(spec, "SFT")]
 
 
 def to_messages(record: Any, where: str) -> list[dict[str, str]]:
@@ -101,7 +83,7 @@ def to_messages(record: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(record, dict):
         raise SourceError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
-        return _checked_messages(record["messages"], where)
+        return checked_messages(record["messages"], where)
     if "instruction" not in record and "output" not in record:
         keys = sorted(record)[:10]
         raise SourceError(
@@ -115,13 +97,13 @@ def to_messages(record: Any, where: str) -> list[dict[str, str]]:
         if not isinstance(value, str):
             raise SourceError(f"{where}: {key!r} is {type(value).__name__}, not a string")
     prompt = fields["instruction"] + (f"\n\n{fields['input']}" if fields["input"] else "")
-    return _checked_messages(
+    return checked_messages(
         [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}],
         where,
     )
 
 
-def _checked_messages(messages: Any, where: str) -> list[dict[str, str]]:
+def checked_messages(messages: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise SourceError(f"{where}: 'messages' must be a non-empty list")
     out = []
@@ -175,7 +157,7 @@ def render(tokenizer: Any, messages: Sequence[Mapping[str, str]], where: str = "
                     f"{name} rendered alone is not a prefix of the longer rendering, so the "
                     "assistant tokens cannot be located"
                 )
-        end = _last_stop_end(after, len(before), stops)
+        end = last_stop_end(after, len(before), stops)
         if end is None:
             raise ValueError(
                 f"{where}: assistant message {k} rendered without an end-of-turn token {stops}"
@@ -184,7 +166,7 @@ def render(tokenizer: Any, messages: Sequence[Mapping[str, str]], where: str = "
     return Example(np.asarray(full, np.int32), mask, where)
 
 
-def _last_stop_end(ids: list[int], start: int, stops: list[list[int]]) -> int | None:
+def last_stop_end(ids: list[int], start: int, stops: list[list[int]]) -> int | None:
     """The index just after the last occurrence of any stop sequence in ids[start:]."""
     for end in range(len(ids), start, -1):
         if any(end - len(s) >= start and ids[end - len(s) : end] == s for s in stops):

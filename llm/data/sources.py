@@ -58,6 +58,30 @@ def resolve_files(spec: str) -> list[Path]:
     return sorted(files)
 
 
+def jsonl_records(spec: str, what: str) -> list[tuple[Any, str]]:
+    """(parsed JSON value, "file:line") of every non-blank line of the files under `spec`, the
+    reader of every record format (chat, classification, preference, prompts). Invalid UTF-8
+    or JSON raises SourceError naming file:line; no record at all names `what` was sought."""
+    out = []
+    for path in resolve_files(spec):
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                where = f"{path}:{number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SourceError(f"{where}: invalid UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    out.append((json.loads(line), where))
+                except json.JSONDecodeError as err:
+                    raise SourceError(f"{where}: invalid JSON ({err.msg})") from None
+    if not out:
+        raise SourceError(f"{spec}: no {what} records found")
+    return out
+
+
 def detect_format(path: Path, requested: str) -> str:
     if requested != "auto":
         return requested

@@ -9,7 +9,8 @@
 * Ragged batches: every row has its own length; a prompt's tokens fill slots 0..n-1 and its
   padding carries segment id 0, which masks it out and does not advance the row's length.
 * The decode step fuses the forward with sampling (`sampling.py`) and donates the state, so
-  the cache is updated in place and only B token ids come back to the host each step.
+  the cache is updated in place and only B token ids (and their log-probabilities, which
+  RL rollouts read: `sampling.sample_with_logprobs`) come back to the host each step.
 * Rows are slots: `prefill` fills chosen slots of a running state (continuous batching in
   the server joins new requests this way between decode steps); inactive rows ride along
   with segment id 0 and change nothing.
@@ -45,6 +46,8 @@ class DecodeState:
     cache: Cache
     sampler: SamplerState
     tokens_B: Array  # each row's newest token: sampled, not yet in the cache
+    logp_B: Array  # float32 log-probability of tokens_B under the distribution it was drawn
+    # from (`sampling.sample_with_logprobs`); RL rollouts read it as the policy's log-prob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +67,18 @@ class Event:
     token: int | None  # None on the closing event of a sequence ended by its limit
     text: str  # newly settled text (may be empty: held back, see stream.py)
     finish_reason: str | None = None  # "stop" | "length" on the sequence's last event
+    logprob: float | None = None  # the token's log-probability (sample_with_logprobs)
 
 
 @dataclasses.dataclass
 class Completion:
-    """A finished sequence: generated ids (stop token excluded), text and why it ended."""
+    """A finished sequence: generated ids (stop token excluded), text and why it ended, and
+    each id's log-probability under the distribution it was drawn from (aligned with ids)."""
 
     token_ids: list[int]
     text: str
     finish_reason: str
+    logprobs: list[float] = dataclasses.field(default_factory=list)
 
 
 def bucket(n: int, smallest: int, largest: int) -> int:
@@ -90,9 +96,9 @@ def _prefill(
     out = forward(cfg, params, tokens_BP, segment_ids_BL=segment_ids_BP, cache=cache,
                   return_logits=False)  # fmt: skip
     last_B1D = jnp.take_along_axis(out.hidden_BLD, (lengths_B - 1)[:, None, None], axis=1)
-    tokens_B = sampling.sample(unembed(cfg, params, last_B1D)[:, 0], s)
+    tokens_B, logp_B = sampling.sample_with_logprobs(unembed(cfg, params, last_B1D)[:, 0], s)
     s = sampling.record(s, tokens_B, jnp.ones_like(lengths_B, bool))
-    return DecodeState(out.cache, s, tokens_B)
+    return DecodeState(out.cache, s, tokens_B, logp_B)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -100,9 +106,11 @@ def _step(cfg: ModelConfig, params: PyTree, state: DecodeState, active_B: Array)
     segment_ids_B1 = active_B[:, None].astype(jnp.int32)
     out = forward(cfg, params, state.tokens_B[:, None], segment_ids_BL=segment_ids_B1,
                   cache=state.cache)  # fmt: skip
-    tokens_B = sampling.sample(out.logits_BLV[:, 0], state.sampler)
+    tokens_B, logp_B = sampling.sample_with_logprobs(out.logits_BLV[:, 0], state.sampler)
     tokens_B = jnp.where(active_B, tokens_B, state.tokens_B)
-    return DecodeState(out.cache, sampling.record(state.sampler, tokens_B, active_B), tokens_B)
+    logp_B = jnp.where(active_B, logp_B, state.logp_B)
+    sampler = sampling.record(state.sampler, tokens_B, active_B)
+    return DecodeState(out.cache, sampler, tokens_B, logp_B)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -116,6 +124,7 @@ def _insert(state: DecodeState, new: DecodeState, slots_b: Array) -> DecodeState
         state.cache.put_rows(slots_b, new.cache),
         jax.tree.map(put, state.sampler, new.sampler),
         put(state.tokens_B, new.tokens_B),
+        put(state.logp_B, new.logp_B),
     )
 
 
@@ -146,7 +155,8 @@ class Engine:
         params = [sampling.GREEDY] * batch
         s = sampling.make_sampler_state(params, [[0]] * batch, self.cfg.vocab_size)
         cache = init_cache(self.cfg, batch, self.max_len)
-        return DecodeState(cache, s, jnp.zeros((batch,), jnp.int32))
+        zeros_B = jnp.zeros((batch,), jnp.int32)
+        return DecodeState(cache, s, zeros_B, jnp.zeros((batch,), jnp.float32))
 
     def check_prompt(self, prompt: Sequence[int]) -> None:
         """Raises ValueError unless the prompt is non-empty, in-vocabulary and leaves room."""
@@ -208,10 +218,10 @@ class Engine:
         active = np.zeros(state.tokens_B.shape[0], bool)
         active[: len(prompts)] = True
         while True:
-            tokens = np.asarray(state.tokens_B)
+            tokens, logps = np.asarray(state.tokens_B), np.asarray(state.logp_B)
             for i, row in enumerate(rows):
                 if active[i]:
-                    yield from row.accept(i, int(tokens[i]))
+                    yield from row.accept(i, int(tokens[i]), float(logps[i]))
                     active[i] = row.finish_reason is None
             if not active.any():
                 return
@@ -226,13 +236,18 @@ class Engine:
         """`stream`, collected: one Completion per prompt."""
         ids: list[list[int]] = [[] for _ in prompts]
         texts: list[list[str]] = [[] for _ in prompts]
+        logps: list[list[float]] = [[] for _ in prompts]
         reasons: list[str] = [""] * len(prompts)
         for event in self.stream(prompts, params, stop):
             if event.token is not None and event.finish_reason != "stop":
                 ids[event.index].append(event.token)
+                logps[event.index].append(event.logprob)
             texts[event.index].append(event.text)
             reasons[event.index] = event.finish_reason or reasons[event.index]
-        return [Completion(i, "".join(t), r) for i, t, r in zip(ids, texts, reasons, strict=True)]
+        return [
+            Completion(i, "".join(t), r, lp)
+            for i, t, r, lp in zip(ids, texts, reasons, logps, strict=True)
+        ]
 
 
 class RowTracker:
@@ -244,20 +259,23 @@ class RowTracker:
         tok = engine.tokenizer
         self.text = TextStream(tok, stop.stop_strings) if tok is not None else None
 
-    def accept(self, index: int, token: int) -> list[Event]:
+    def accept(self, index: int, token: int, logprob: float | None = None) -> list[Event]:
         """The events a newly sampled token produces (its own, and the closing one)."""
         if token in self.stop.stop_token_ids:
             self.finish_reason = "stop"
-            return [Event(index, token, self._flush(), "stop")]
+            return [Event(index, token, self._flush(), "stop", logprob)]
         self.generated += 1
         text = self.text.push(token) if self.text is not None else ""
         if self.text is not None and self.text.stopped:
             self.finish_reason = "stop"
-            return [Event(index, token, text, "stop")]
+            return [Event(index, token, text, "stop", logprob)]
         if self.generated >= self.room:
             self.finish_reason = "length"
-            return [Event(index, token, text), Event(index, None, self._flush(), "length")]
-        return [Event(index, token, text)]
+            return [
+                Event(index, token, text, logprob=logprob),
+                Event(index, None, self._flush(), "length"),
+            ]
+        return [Event(index, token, text, logprob=logprob)]
 
     def _flush(self) -> str:
         return self.text.finish() if self.text is not None else ""

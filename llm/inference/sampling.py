@@ -217,16 +217,27 @@ def row_keys(s: SamplerState) -> Array:
 
 def sample(logits_BV: Array, s: SamplerState) -> Array:
     """The next token of every row: argmax for greedy rows, a draw for the others."""
+    return sample_with_logprobs(logits_BV, s)[0]
+
+
+def sample_with_logprobs(logits_BV: Array, s: SamplerState) -> tuple[Array, Array]:
+    """`sample`, plus each drawn token's float32 log-probability under the distribution it was
+    drawn from: log_softmax of `processed_logits` (penalties, temperature and truncation
+    included). With no penalty or truncation (top_k=0, top_p=1: what RL rollouts use) that is
+    exactly log_softmax(logits / T), the policy's own distribution, which PPO's and GRPO's
+    ratios need. Greedy rows report the log-probability of the argmax at temperature 1."""
     l = processed_logits(logits_BV, s)
     greedy_B = jnp.argmax(l, -1).astype(jnp.int32)
     # Gumbel noise over the vocabulary costs a small model's step: draw only if a row samples
-    return jax.lax.cond(
+    tokens_B = jax.lax.cond(
         jnp.any(s.temperature_B > 0),
         lambda: jnp.where(
             s.temperature_B > 0, jax.vmap(jax.random.categorical)(row_keys(s), l), greedy_B
         ).astype(jnp.int32),
         lambda: greedy_B,
     )
+    logp_BV = jax.nn.log_softmax(l, axis=-1)
+    return tokens_B, jnp.take_along_axis(logp_BV, tokens_B[:, None], axis=-1)[:, 0]
 
 
 def record(s: SamplerState, tokens_B: Array, active_B: Array) -> SamplerState:

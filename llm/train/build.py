@@ -26,14 +26,17 @@ import jax
 import optax
 from jax.sharding import PartitionSpec
 
+from llm.checkpoint.load import model_config_of
 from llm.config import Config
 from llm.data.classification import resolve_labels
 from llm.model import init_params, logical_axes
+from llm.model.cache import init_cache
 from llm.model.functional import abstract_params
 from llm.sharding import memory
 from llm.sharding import rules as R
 from llm.sharding.init import ShardingPlan, opt_state_specs, tree_specs
 from llm.train.losses import Loss, make_loss
+from llm.train.losses.rl import RLLoss
 from llm.train.optim import make_optimizer
 from llm.train.state import TrainState, init_state
 from llm.train.trainable import Split, Trainable, trainable_from_config
@@ -139,14 +142,47 @@ def init_train_state(cfg: Config, layout: StateLayout, loaded: PyTree | None = N
     return jax.jit(build, out_shardings=layout.shardings)(key, loaded)
 
 
-def memory_plan(cfg: Config, n_devices: int, trainable: Trainable | None = None) -> Any:
-    """Per-device bytes of this run on `n_devices` (llm.sharding.memory), abstractly."""
-    split = abstract_split(cfg, run_trainable(cfg, make_loss(resolve_labels(cfg)), trainable))
+def memory_plan(
+    cfg: Config, n_devices: int, trainable: Trainable | None = None, loss: Loss | None = None
+) -> Any:
+    """Per-device bytes of this run on `n_devices` (llm.sharding.memory), abstractly, in total
+    and per component: the run's loss (default: `make_loss(cfg)`) adds its heads and, when it
+    scores against one, the reference policy, so an alignment run's plan shows policy,
+    reference, value and reward heads before anything is allocated."""
+    loss = loss or make_loss(resolve_labels(cfg))
+    split = abstract_split(cfg, run_trainable(cfg, loss, trainable))
     opt = jax.eval_shape(make_tx(cfg, split).init, split.params)
-    return memory.plan(cfg, n_devices, split.params, split.params_axes,
-                       split.frozen, split.frozen_axes, opt)  # fmt: skip
+    rows = 2 if len(loss.batch_axes.get("inputs", ())) == 3 else 1  # pairs: [B, 2, L]
+    rollout = rollout_bytes(cfg) if isinstance(loss, RLLoss) else 0
+    return memory.plan(cfg, n_devices, split.params, split.params_axes, split.frozen,
+                       split.frozen_axes, opt, scorer_bytes(cfg), rows, rollout)  # fmt: skip
 
 
-def memory_report(cfg: Config, n_devices: int) -> str:
-    """The `llm train --dry_run` memory table."""
-    return memory.report(cfg, memory_plan(cfg, n_devices))
+def rollout_bytes(cfg: Config) -> int:
+    """What the RL loop's engine adds while it generates (llm/align/rl.py): the decode layout's
+    per-layer copy of the block weights (`unstack_layers`) and a KV cache of `train.seq_len`
+    slots for the larger of the rollout batch (rl.prompts x rl.group_size) and the held-out
+    batch (rl.eval_prompts), rounded up to the engine's power-of-two batch bucket."""
+    rl = cfg.rl
+    n = max(rl.prompts * rl.group_size, rl.eval_prompts)
+    batch = 1 << (n - 1).bit_length()
+    cache = jax.eval_shape(lambda: init_cache(cfg.model, batch, cfg.train.seq_len))
+    blocks = abstract_params(cfg.model)["blocks"]
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((cache, blocks)))
+
+
+def scorer_bytes(cfg: Config) -> dict[str, int]:
+    """{"reward_model": bytes} of the RL reward model (`rl.reward_model` with reward "model"),
+    from its directory's config alone: the decoder at its param_dtype and the float32 scalar
+    head, whole (llm/align/reward_model.py loads it unsharded); {} when the run has none."""
+    rl = getattr(cfg, "rl", None)
+    if rl is None or not rl.reward_model or "model" not in rl.rewards:
+        return {}
+    model_cfg = model_config_of(rl.reward_model).model
+    decoder = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_params(model_cfg)))
+    return {"reward_model": decoder + 4 * (model_cfg.d_model + 1)}
+
+
+def memory_report(cfg: Config, n_devices: int, loss: Loss | None = None) -> str:
+    """The `llm train --dry_run` memory table (also printed at the start of an RL run)."""
+    return memory.report(cfg, memory_plan(cfg, n_devices, loss=loss))

@@ -50,8 +50,12 @@ def token_logprobs(
     *,
     key: Any = None,
     reference: bool = False,
+    temperature: float = 1.0,
 ) -> Scored:
-    """Log-probabilities of `rows["targets"]` under the policy (or the reference policy)."""
+    """Log-probabilities of `rows["targets"]` under the policy (or the reference policy).
+
+    `temperature` divides the logits first: RL rollouts sampled at T score their ratio under
+    softmax(logits / T), the distribution the engine drew from (llm/align/rollout.py)."""
     missing = [k for k in ROW_LEAVES if k not in rows]
     if missing:
         raise ValueError(f"rows lack leaves {missing}; need {list(ROW_LEAVES)}")
@@ -68,6 +72,8 @@ def token_logprobs(
         dropout_key=key,
     )
     logits_NLV = out.logits_BLV.astype(jnp.float32)
+    if temperature != 1.0:
+        logits_NLV = logits_NLV / temperature
     logz_NL = jax.nn.logsumexp(logits_NLV, axis=-1)
     picked_NL = jnp.take_along_axis(logits_NLV, flat["targets"][..., None], axis=-1)[..., 0]
     mask_NL = flat["loss_mask"].astype(jnp.float32)

@@ -44,25 +44,24 @@ from typing import Any
 import jax
 import numpy as np
 
-from llm.checkpoint import Checkpointer, load_model, tokenizer_with_template
+from llm.checkpoint import Checkpointer, tokenizer_with_template
 from llm.checkpoint.manager import NonFiniteState
 from llm.config import Config, check, to_dict
 from llm.data import make_batches, resolve_labels
 from llm.data.device import to_device
 from llm.data.objectives import mlm_mask_id
-from llm.model import logical_axes
 from llm.model.accounting import train_flops_per_token
 from llm.sharding import make_mesh, with_activation_sharding
-from llm.sharding import rules as R
 from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
-from llm.train.build import init_train_state, run_trainable, state_layout
+from llm.train.build import run_trainable, state_layout
 from llm.train.losses import Loss, check_batch_leaves, make_loss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
 from llm.train.monitor import Silent, TrainingDiverged, Window, flush
 from llm.train.optim import make_schedule
 from llm.train.preemption import SignalFlag
-from llm.train.run_dir import CONFIG, logged, refuse_fresh_start, start_over, write_config
+from llm.train.run_dir import logged
+from llm.train.start import start_run
 from llm.train.state import TrainState
 from llm.train.step import make_train_step
 from llm.train.trainable import Trainable, model_params
@@ -123,47 +122,22 @@ class Trainer:
         if val_batches is None:
             val_batches = lambda: default_batches(cfg, "validation", self.tokenizer)  # noqa: E731
         self.batches, self.val_batches = train_batches, val_batches
-        self.warm_from: str | None = None
-        self.notes: list[str] = []  # what the start did to the run directory, logged by _run
-        self.resumed_from = self._start()
+        self.resumed_from = self._start()  # sets state, warm_from and notes
         self.start = self.drawn = int(self.state.step)  # drawn: batches taken from `batches`
         self.val: dict[str, float] | None = None
         self.profiling = False
 
     def _start(self) -> int | None:
-        """Resumes, starts fresh or starts over by the run-directory rules (run_dir.py);
-        returns the step resumed from. Writes config.yaml only once every check passed."""
-        t, restored = self.cfg.train, None
-        if t.resume and not t.overwrite:
-            restored = self.ckpt.restore(self.layout.abstract_sharded())
-        elif not t.overwrite:
-            refuse_fresh_start(self.run_dir, self.ckpt)
-        if restored is None:
-            self.state: TrainState = init_train_state(
-                self.cfg, self.layout, self._initial_weights()
-            )
-            if t.overwrite and (gone := start_over(self.run_dir, self.ckpt)):
-                self.notes.append(f"train.overwrite: deleted the old run's {', '.join(gone)}")
-        else:
-            self.batches.set_state(restored.data_state)  # refuses another stream's state
-            self.state = restored.state
-            if restored.unreadable:
-                moved = self.ckpt.set_aside(restored.unreadable)
-                self.notes.append(f"unreadable checkpoints moved to {', '.join(map(str, moved))}")
-        step = 0 if restored is None else restored.step
-        if step < t.steps and (kept := write_config(self.cfg, self.run_dir, step)):
-            self.notes.append(f"{CONFIG} changed at step {step}; the old one is kept as {kept}")
-        return None if restored is None else restored.step
-
-    def _initial_weights(self) -> Any:
-        """None (fresh init) or the `train.init_from` model, restored into its shards."""
-        t = self.cfg.train
-        if t.init_from is None:
-            return None
-        specs = R.param_specs(self.plan.rules, logical_axes(self.cfg.model))
-        loaded = load_model(t.init_from, t.init_step, shardings=R.named(self.plan.mesh, specs))
-        self.warm_from = f"{loaded.path} ({loaded.layout}, step {loaded.step})"
-        return loaded.params
+        """Resumes, starts fresh or starts over (llm/train/start.py); returns the step resumed
+        from. The data iterator takes the checkpoint's position (refusing another stream's)."""
+        start = start_run(
+            self.cfg, self.layout, self.plan, self.ckpt,
+            on_restore=lambda restored: self.batches.set_state(restored.data_state),
+        )  # fmt: skip
+        self.state: TrainState = start.state
+        self.warm_from: str | None = start.warm_from  # train.init_from's weights, if used
+        self.notes = start.notes  # what the start did to the run directory, logged by _run
+        return None if start.restored is None else start.restored.step
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """A host batch checked against the loss's declared leaves, as global device arrays."""

@@ -22,6 +22,11 @@ from llm.ops.cross_entropy import (
 from llm.train.losses.base import Batch, Loss, LossFn, LossOutput, check_batch_leaves
 from llm.train.losses.causal_lm import CausalLMLoss
 from llm.train.losses.classification import ClassificationLoss
+from llm.train.losses.dpo import CDPOLoss, DPOLoss, IPOLoss, ORPOLoss, SimPOLoss
+from llm.train.losses.grpo import GRPOLoss
+from llm.train.losses.kto import KTOLoss
+from llm.train.losses.ppo import PPOLoss
+from llm.train.losses.reward import RewardLoss
 from llm.train.losses.sft import SFTLoss
 
 Builder = Callable[[Any, Any], Loss]  # (loss config section, ModelConfig) -> Loss
@@ -37,6 +42,15 @@ def register_loss(name: str, builder: Builder) -> None:
 register_loss("causal_lm", CausalLMLoss.from_config)
 register_loss("sft", SFTLoss.from_config)
 register_loss("classification", ClassificationLoss.from_config)
+register_loss("dpo", DPOLoss.from_config)
+register_loss("cdpo", CDPOLoss.from_config)
+register_loss("ipo", IPOLoss.from_config)
+register_loss("simpo", SimPOLoss.from_config)
+register_loss("orpo", ORPOLoss.from_config)
+register_loss("kto", KTOLoss.from_config)
+register_loss("ppo", PPOLoss.from_config)
+register_loss("grpo", GRPOLoss.from_config)
+register_loss("reward", RewardLoss.from_config)
 
 
 def make_loss(cfg: Any) -> Loss:
@@ -50,12 +64,21 @@ def make_loss(cfg: Any) -> Loss:
 __all__ = [
     "LOSSES",
     "Batch",
+    "CDPOLoss",
     "CausalLMLoss",
     "ClassificationLoss",
+    "DPOLoss",
+    "GRPOLoss",
+    "IPOLoss",
+    "KTOLoss",
     "Loss",
     "LossFn",
     "LossOutput",
+    "ORPOLoss",
+    "PPOLoss",
+    "RewardLoss",
     "SFTLoss",
+    "SimPOLoss",
     "check_batch_leaves",
     "cross_entropy_chunked",
     "cross_entropy_plain",
