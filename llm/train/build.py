@@ -183,6 +183,9 @@ def scorer_bytes(cfg: Config) -> dict[str, int]:
     return {"reward_model": decoder + 4 * (model_cfg.d_model + 1)}
 
 
-def memory_report(cfg: Config, n_devices: int, loss: Loss | None = None) -> str:
-    """The `llm train --dry_run` memory table (also printed at the start of an RL run)."""
-    return memory.report(cfg, memory_plan(cfg, n_devices, loss=loss))
+def memory_report(
+    cfg: Config, n_devices: int, loss: Loss | None = None, trainable: Trainable | None = None
+) -> str:
+    """The `llm train --dry_run` memory table (also printed at the start of an alignment
+    run: one whose loss keeps a reference or adds heads, and every RL run)."""
+    return memory.report(cfg, memory_plan(cfg, n_devices, trainable, loss=loss))

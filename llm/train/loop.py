@@ -54,7 +54,7 @@ from llm.model.accounting import train_flops_per_token
 from llm.sharding import make_mesh, with_activation_sharding
 from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
-from llm.train.build import run_trainable, state_layout
+from llm.train.build import memory_report, run_trainable, state_layout
 from llm.train.losses import Loss, check_batch_leaves, make_loss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
 from llm.train.monitor import Silent, TrainingDiverged, Window, flush
@@ -101,6 +101,7 @@ class Trainer:
         _check_data(cfg, self.tokenizer, self.loss)
         self.plan = make_plan(cfg, make_mesh(cfg.mesh))  # fails here, before any compile
         self.schedule = make_schedule(cfg.optim, t.steps)
+        self.base_trainable = trainable  # None: what cfg describes
         self.layout = state_layout(cfg, self.plan, run_trainable(cfg, self.loss, trainable))
         self.batch_sharding = batch_shardings(self.plan, self.loss.batch_axes)
         self.step_fn = make_train_step(
@@ -261,6 +262,8 @@ def _run(tr: Trainer, flag: SignalFlag) -> dict[str, Any]:
     t_start, loss, stopped = time.perf_counter(), None, None
     for note in tr.notes:
         log.message(note)
+    if tr.loss.reference or tr.loss.components(tr.cfg.model):  # policy, reference, heads
+        log.message(memory_report(tr.cfg, jax.device_count(), tr.loss, tr.base_trainable))
     try:
         if tr.start >= t.steps:
             loss = _already_finished(tr, log)

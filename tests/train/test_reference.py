@@ -103,3 +103,23 @@ def test_a_loss_without_a_reference_run_has_none_and_asking_is_an_error(tiny):
     with pytest.raises(ValueError, match="reserved"):
         Trainable(extra={REFERENCE: None})
     assert model_params(params, {REFERENCE: params}) is not None  # ignored by the merge
+
+
+def test_a_run_with_a_reference_prints_its_memory_plan_at_start(tiny, capsys):
+    cfg = tiny("train.steps=1", "train.progress_bar=false")
+    kw = dict(
+        train_batches=SyntheticBatches(8, 16), val_batches=_val, loss=WithReference(cfg.model)
+    )
+    train(cfg, **kw)
+    err = capsys.readouterr().err
+    assert "reference" in err and "component" in err, err[:2000]
+    train(
+        tiny(
+            "train.steps=1",
+            "train.progress_bar=false",
+            "train.run_dir=" + str(cfg.train.run_dir) + "_plain",
+        ),
+        train_batches=SyntheticBatches(8, 16),
+        val_batches=_val,
+    )
+    assert "component" not in capsys.readouterr().err  # pretraining prints no plan
