@@ -55,7 +55,7 @@ from llm.train.logprobs import ROW_LEAVES
 from llm.train.losses import check_batch_leaves, make_loss
 from llm.train.losses.rl import ROW_AXES, RLLoss, Rollouts
 from llm.train.metrics import MetricsLogger, measure_peak_flops
-from llm.train.monitor import Window, flush
+from llm.train.monitor import TrainingDiverged, Window, flush
 from llm.train.optim import make_schedule
 from llm.train.preemption import SignalFlag
 from llm.train.start import start_run
@@ -269,6 +269,33 @@ def _loop(tr: RLTrainer, flag: SignalFlag, log: MetricsLogger) -> str | None:
     elif tr.iteration >= tr.iterations:
         log.message(f"{tr.run_dir} is finished at step {tr.resumed_from}: nothing to train "
                     "(raise train.steps to go on)")  # fmt: skip
+    try:
+        _iterations(tr, flag, log, rates)
+    except TrainingDiverged:
+        raise
+    except Exception:
+        _save_before_failing(tr, log)
+        raise
+    _finish(tr, flag, log)
+    return flag.name
+
+
+def _save_before_failing(tr: RLTrainer, log: MetricsLogger) -> None:
+    """After an unexpected error (rollouts, rewards, evaluation), saves the state when it
+    lies on an iteration boundary (a half-trained iteration cannot be resumed exactly)."""
+    try:
+        step = int(tr.state.step)
+        if step != tr.iteration * tr.steps_per_iter:
+            log.message(f"error inside iteration {tr.iteration}: step {step} is not saved")
+        elif tr.save():
+            tr.ckpt.wait()
+            log.message(f"error after iteration {tr.iteration}: saved step {step} first")
+    except Exception as err:  # the state itself may be what failed
+        log.message(f"error: no checkpoint could be saved after it ({err!r:.200})")
+
+
+def _iterations(tr: RLTrainer, flag: SignalFlag, log: MetricsLogger, rates: Any) -> None:
+    t = tr.cfg.train
     while tr.iteration < tr.iterations and flag.name is None:
         before = int(tr.state.step)
         metrics = _train_iteration(tr, log, rates)
@@ -285,6 +312,10 @@ def _loop(tr: RLTrainer, flag: SignalFlag, log: MetricsLogger) -> str | None:
             log.message(f"step {step}: held-out greedy reward {tr.val['reward']:.4f}")
         if (evaluating or _crossed(step, before, t.ckpt_every)) and step < t.steps:
             tr.save(tr.val if evaluating else None)
+
+
+def _finish(tr: RLTrainer, flag: SignalFlag, log: MetricsLogger) -> None:
+    """The final checkpoint (on disk before the final evaluation), or the signal's."""
     if flag.name is None and int(tr.state.step) > (tr.resumed_from or 0):
         tr.save()
         tr.ckpt.wait()
@@ -294,7 +325,6 @@ def _loop(tr: RLTrainer, flag: SignalFlag, log: MetricsLogger) -> str | None:
         tr.save()
         tr.ckpt.wait()
         log.message(f"{flag.name} received: saved step {int(tr.state.step)} and stopping")
-    return flag.name
 
 
 def train_rl(cfg: Config, *, loss: RLLoss | None = None, tokenizer: Any = None,

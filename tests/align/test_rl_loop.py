@@ -65,8 +65,9 @@ def test_grpo_tiny_raises_the_reward(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, monkeypatch):
-    """Killed after the checkpoint at step 20, the run resumes at iteration 10 and ends where
-    the uninterrupted run ends, to the bit (prompt order, seeds and loss state restored)."""
+    """An error at the start of iteration 12 (after the checkpoint at step 20) first saves
+    the iteration boundary, step 24; the run resumes there and ends where the uninterrupted
+    run ends, to the bit (prompt order, seeds and loss state restored)."""
     whole = train_rl(_cfg(tmp_path / "a"))
     real, calls = rl_loop._train_iteration, []
 
@@ -81,7 +82,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         train_rl(_cfg(tmp_path / "b"))
     monkeypatch.setattr(rl_loop, "_train_iteration", real)
     resumed = train_rl(_cfg(tmp_path / "b"))
-    assert resumed["resumed_from"] == 20 and calls == list(range(13))
+    assert resumed["resumed_from"] == 24 and calls == list(range(13))
     for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"]),
                     strict=True):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
