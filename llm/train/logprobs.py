@@ -61,16 +61,7 @@ def token_logprobs(
         raise ValueError(f"rows lack leaves {missing}; need {list(ROW_LEAVES)}")
     lead, L = rows["inputs"].shape[:-1], rows["inputs"].shape[-1]
     flat = {k: rows[k].reshape(-1, L) for k in ROW_LEAVES}
-    run = reference_forward if reference else model_forward
-    out = run(
-        model_cfg,
-        params,
-        frozen,
-        flat["inputs"],
-        positions_BL=flat["positions"],
-        segment_ids_BL=flat["segment_ids"],
-        dropout_key=key,
-    )
+    out = forward_rows(model_cfg, params, frozen, flat, key=key, reference=reference)
     logits_NLV = out.logits_BLV.astype(jnp.float32)
     if temperature != 1.0:
         logits_NLV = logits_NLV / temperature
@@ -85,6 +76,30 @@ def token_logprobs(
         logp=logp_NL.reshape(*lead, L),
         hidden=out.hidden_BLD.reshape(*lead, L, D),
         entropy=entropy_NL.reshape(*lead, L),
+    )
+
+
+def forward_rows(
+    model_cfg: Any,
+    params: PyTree,
+    frozen: PyTree,
+    rows: Mapping[str, Array],
+    *,
+    key: Any = None,
+    reference: bool = False,
+    return_logits: bool = True,
+) -> Any:
+    """The decoder (or the reference) over [N, L] rows' inputs, positions and segment ids."""
+    run = reference_forward if reference else model_forward
+    return run(
+        model_cfg,
+        params,
+        frozen,
+        rows["inputs"],
+        positions_BL=rows["positions"],
+        segment_ids_BL=rows["segment_ids"],
+        dropout_key=key,
+        return_logits=return_logits,
     )
 
 

@@ -43,9 +43,10 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from llm.config.align import RewardLossConfig
+from llm.train.logprobs import forward_rows
 from llm.train.losses.base import Batch, Loss, LossOutput
 from llm.train.losses.classification import pool
-from llm.train.trainable import Component, model_forward
+from llm.train.trainable import Component
 from llm.typing import Array, PyTree
 
 HEAD = "reward_head"  # the scalar head's component in the params tree
@@ -75,16 +76,7 @@ def rewards(
     LoRA or frozen-trunk reward model scores with its adapter applied."""
     lead, L = rows["inputs"].shape[:-1], rows["inputs"].shape[-1]
     flat = {k: rows[k].reshape(-1, L) for k in ("inputs", "positions", "segment_ids")}
-    out = model_forward(
-        model_cfg,
-        params,
-        frozen,
-        flat["inputs"],
-        positions_BL=flat["positions"],
-        segment_ids_BL=flat["segment_ids"],
-        dropout_key=key,
-        return_logits=False,
-    )
+    out = forward_rows(model_cfg, params, frozen, flat, key=key, return_logits=False)
     head = {**frozen.get(HEAD, {}), **params.get(HEAD, {})}
     last_ND = pool(out.hidden_BLD, flat["segment_ids"], "last").astype(jnp.float32)
     return (last_ND @ head["w"] + head["b"]).reshape(lead)
