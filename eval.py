@@ -1,7 +1,10 @@
-"""Evaluate a run: `python eval.py --checkpoint RUN_DIR [--data CORPUS ...]`.
+"""Evaluate a model: `python eval.py --checkpoint DIR [--data CORPUS ...]` or, with tasks,
+`python eval.py --checkpoint DIR --tasks ppl,mc:PATH,gen:PATH,... [--shots K] [--out FILE]`.
 
-Prints perplexity and bits per byte on the run's validation split, the out-of-domain corpus
-and any `--data` corpora, then a few samples. See docs/training.md.
+Without --tasks: perplexity and bits per byte on the run's validation split, the
+out-of-domain corpus and any `--data` corpora, then a few samples (docs/training.md).
+With --tasks: multiple choice, generation, perplexity and harness tasks on any model
+directory, a table with 95% intervals and a results JSON (docs/evaluation.md).
 The same as `llm eval ...`, errors included (one line, exit status 2 for bad input).
 """
 

@@ -6,6 +6,8 @@ llm data tokenize --out DIR        # write pre-tokenized shards; then data.corpu
 llm data tasks --out DIR [--seed N] [--tasks a,b]   # instruction / classification sets
 llm data preferences --out DIR [--seed N] [--pairs N]  # preference pairs + KTO variant
 llm data arithmetic --out DIR [--n N] [--seed S]     # RL prompts with answers (prompts.py)
+llm data mc-tasks --out DIR [--seed N] [--tasks a,b] [--choices 4]  # multiple-choice tasks
+llm data contamination --tasks DIR_OR_JSONL [--corpus NAME_OR_PATH] [--n 13]  # n-gram overlap
 
 Bad input (a missing corpus, a malformed line) is one line naming the file, exit status 2; a
 failed download of a built-in corpus exits 1 (see llm/cli.py).
@@ -51,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     arith.add_argument("--max-operand", type=int, default=20, help="operands in [0, this]")
     arith.add_argument("--ops", default="+,-", help="comma-separated operators of + - *")
     arith.set_defaults(func=run_arithmetic)
+    register_mc_tasks(actions)
+    register_contamination(actions)
     for name, text in helps.items():
         sub = actions.add_parser(name, help=text)
         add_config_args(sub)
@@ -96,6 +100,63 @@ def run_tasks(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(f"wrote {args.out}/manifest.json (seed {args.seed}) in {seconds:.1f} s")
     return 0
+
+
+def register_mc_tasks(actions: argparse._SubParsersAction) -> None:
+    help_mc = "multiple-choice tasks (which play, book, fortune category), llm/data/mc_tasks.py"
+    mc = actions.add_parser("mc-tasks", help=help_mc)
+    mc.add_argument("--out", required=True, help="folder for <task>/{test,fewshot}.jsonl")
+    mc.add_argument("--seed", type=int, default=0, help="seed of the split, samples and choices")
+    mc.add_argument("--tasks", help="comma-separated: which_play,which_book,which_fortune")
+    mc.add_argument("--choices", type=int, default=4, help="choices per question (default 4)")
+    mc.add_argument("--max-test", type=int, default=1000, help="test questions per task at most")
+    mc.add_argument("--max-fewshot", type=int, default=1000, help="few-shot questions at most")
+    mc.add_argument("--play-split", default="default-run", choices=["default-run", "scenes"],
+                    help="which_play test text: the default run's held-out plays, or the "
+                    "held-out scenes of `llm data tasks`")  # fmt: skip
+    mc.add_argument("--fortunes", help="an installed fortunes folder instead of the .deb")
+    mc.add_argument("--cache-dir", help="downloads and corpora (default: $LLM_CACHE_DIR)")
+    mc.set_defaults(func=run_mc_tasks)
+
+
+def run_mc_tasks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm.data.mc_tasks import MCOptions, build_mc_tasks, format_manifest, parse_mc_task_names
+
+    names = parse_mc_task_names(args.tasks)
+    opts = MCOptions(args.seed, args.choices, args.max_test, args.max_fewshot, args.play_split,
+                     args.cache_dir, args.fortunes)  # fmt: skip
+    start = time.perf_counter()
+    manifest = build_mc_tasks(Path(args.out), names, opts)
+    print(format_manifest(manifest))
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.out}/manifest.json (seed {args.seed}) in {seconds:.1f} s")
+    return 0
+
+
+def register_contamination(actions: argparse._SubParsersAction) -> None:
+    cont = actions.add_parser("contamination", help="word n-gram overlap of task items with "
+                              "a training corpus (llm/eval/contamination.py)")  # fmt: skip
+    cont.add_argument("--tasks", required=True, help="a task JSONL, or a folder of them")
+    cont.add_argument("--corpus", help="built-in corpus or path (default: data.corpus)")
+    cont.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "validation", "all"],
+        help="documents of the corpus to check against (data.val_fraction split)",
+    )
+    cont.add_argument("--n", type=int, default=13, help="words per n-gram (default 13)")
+    cont.add_argument("--threshold", type=float, default=0.5, help="flag at this fraction")
+    cont.add_argument("--out", help="JSON report (default: <tasks>/contamination-*.json)")
+    add_config_args(cont)
+    cont.set_defaults(func=run_contamination)
+
+
+def run_contamination(args: argparse.Namespace) -> int:
+    from llm.eval.contamination import run_command
+
+    return run_command(args, config_from_args(args))
 
 
 def run_arithmetic(args: argparse.Namespace) -> int:
