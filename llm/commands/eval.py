@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="perplexity, bits/byte and samples of a run")
+    parser = subparsers.add_parser("eval", help="named tasks (--tasks), or perplexity and samples")
     add_arguments(parser)
     parser.set_defaults(func=run)
 
