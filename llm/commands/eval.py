@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks.add_argument("--shots", type=int_at_least(0), help="k-shot examples (mc; default 0)")
     tasks.add_argument("--seed", type=int_at_least(0), help="shots and bootstrap seed (default 0)")
     tasks.add_argument("--limit", type=int_at_least(1), help="first N items of each task")
+    tasks.add_argument("--sample", type=int_at_least(1),
+                       help="a seeded random N items of each task (file order kept)")  # fmt: skip
     tasks.add_argument("--batch-size", type=int_at_least(1), help="rows per forward (default 8)")
     tasks.add_argument("--max-new-tokens", type=int_at_least(1),
                        help="generation length of gen tasks (default 64)")  # fmt: skip
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-TASK_FLAGS = ("shots", "seed", "limit", "batch_size", "max_new_tokens", "fewshot_file",
+TASK_FLAGS = ("shots", "seed", "limit", "sample", "batch_size", "max_new_tokens", "fewshot_file",
               "include_path", "out")  # fmt: skip
 
 
@@ -110,6 +112,10 @@ def task_settings(args: argparse.Namespace, specs: list) -> Any:
         (args.fewshot_file and not args.shots, "--fewshot-file needs --shots 1 or more"),
         (args.shots and not mc and not any(s.kind == "harness" for s in specs),
          "--shots applies to mc and harness tasks only"),
+        (args.limit and args.sample, "--limit and --sample both choose the items: give one"),
+        (args.sample and any(s.kind == "harness" or (s.kind == "ppl" and s.arg is None)
+                             for s in specs),
+         "--sample applies to mc, gen and ppl:SOURCE tasks (harness tasks take --limit)"),
         (args.include_path and not any(s.kind == "harness" for s in specs),
          "--include-path applies to harness tasks only"),
         (args.max_new_tokens is not None and not any(s.kind == "gen" for s in specs),

@@ -17,8 +17,10 @@ directory or a file named test/validation/val/dev); the bare `ppl` gives `ppl:va
 `ppl:ood`. Every per-item metric gets a 95% percentile bootstrap interval of its mean
 (`llm.eval.significance.bootstrap_ci`, seeded with --seed); perplexities, ratios of sums, get
 a bootstrap over documents of the ratio; harness tasks the harness's standard error x 1.96.
-`--limit N` scores the first N items of each task in file order; the rest are counted in
-`skipped`, never dropped silently. k-shot examples are still drawn from the whole file.
+`--limit N` scores the first N items of each task in file order, `--sample N` a seeded random
+N of them (numpy `default_rng(seed).choice`, kept in file order: task files are often sorted
+by label, so their first N items are one label); the rest are counted in `skipped`, never
+dropped silently. k-shot examples are still drawn from the whole file.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Settings:
     shots: int = 0  # k-shot examples in each multiple-choice context
     seed: int = 0  # seed of shot drawing and bootstrap intervals
     limit: int | None = None  # items scored per task (first N in file order); None = all
+    sample: int | None = None  # items scored per task, a seeded random N (file order kept)
     batch_size: int = 8  # rows per forward pass
     max_new_tokens: int = 64  # generation length of gen tasks
     fewshot_file: str | None = None  # pool of k-shot examples for the (single) mc task
@@ -123,11 +126,15 @@ def mc_files(arg: str, fewshot_file: str | None) -> tuple[str, str | None]:
     return str(path), fewshot_file
 
 
-def limited(items: list, limit: int | None) -> tuple[list, dict[str, int]]:
-    """The first `limit` items and the count of the others under the "beyond --limit" reason."""
-    if limit is None or limit >= len(items):
+def selected(items: list, s: Settings) -> tuple[list, dict[str, int]]:
+    """The items a run scores, and the count of the others by reason: the first `s.limit`,
+    or `s.sample` drawn by `default_rng(s.seed)` without replacement and kept in file order."""
+    if s.sample is not None and s.sample < len(items):
+        keep = np.sort(np.random.default_rng(s.seed).choice(len(items), s.sample, replace=False))
+        return [items[i] for i in keep], {"not in --sample": len(items) - s.sample}
+    if s.limit is None or s.limit >= len(items):
         return items, {}
-    return items[:limit], {"beyond --limit": len(items) - limit}
+    return items[: s.limit], {"beyond --limit": len(items) - s.limit}
 
 
 def intervals(per_item: dict[str, np.ndarray], seed: int) -> dict[str, tuple[float, float]]:
@@ -149,7 +156,7 @@ def domain_breakdown(domains: list[str | None], per_item: dict[str, np.ndarray])
 
 def run_mc(task: Task, scorer: Any, s: Settings) -> TaskResult:
     """acc, acc_norm (with intervals), ECE of the top choice's probability, per domain."""
-    items, skipped = limited(task.items, s.limit)
+    items, skipped = selected(task.items, s)
     before = scorer.truncated
     scores = multiple_choice.evaluate(scorer, items, pool=task.pool, shots=s.shots, seed=s.seed,
                                       progress=s.progress)  # fmt: skip
@@ -172,7 +179,7 @@ def run_mc(task: Task, scorer: Any, s: Settings) -> TaskResult:
 
 def run_gen(task: Task, scorer: Any, s: Settings) -> TaskResult:
     """exact_match, f1, rougeL (with intervals), corpus BLEU and chrF of greedy answers."""
-    items, skipped = limited(task.items, s.limit)
+    items, skipped = selected(task.items, s)
     answers = generative.generate(scorer, items, max_new_tokens=s.max_new_tokens,
                                   progress=s.progress)  # fmt: skip
     values, corpus = generative.score(items, answers)
@@ -187,7 +194,7 @@ def run_ppl_docs(task: Task, scorer: Any, data_cfg: Any, s: Settings) -> TaskRes
     docs = task.items
     if docs is None:  # a corpus, read as training data is: needs the model's data config
         docs = perplexity.corpus_docs(data_cfg, task.spec.arg)
-    docs, skipped = limited(docs, s.limit)
+    docs, skipped = selected(docs, s)
     scores = perplexity.score_docs(scorer, docs, progress=s.progress)
     ci = perplexity.intervals(scores, n_resamples=N_RESAMPLES, seed=s.seed)
     per_item = {

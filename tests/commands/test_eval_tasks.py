@@ -90,6 +90,10 @@ ROWS = [
      "--fewshot-file needs --shots"),
     ("too many shots", ["--tasks", "mc:{mc}", "--shots", "9"],
      "9 shots asked for, but the few-shot pool has 4"),
+    ("limit and sample", ["--tasks", "mc:{mc}", "--limit", "2", "--sample", "2"],
+     "--limit and --sample both choose the items"),
+    ("sample of bare ppl", ["--tasks", "ppl", "--sample", "2"],
+     "--sample applies to mc, gen and ppl:SOURCE tasks"),
 ]  # fmt: skip
 
 

@@ -191,3 +191,15 @@ def test_ppl_of_a_corpus_scores_its_validation_split(tmp_path):
     (expected,) = Scorer(model).loglikelihood_rolling([val["validation"][0].text])
     assert got.per_item["logprob"] == pytest.approx([expected.logprob], rel=1e-6)
     assert got.domains == {}
+
+
+def test_sample_is_seeded_in_file_order_and_counts_the_rest():
+    items = [f"item{i}" for i in range(50)]
+    got, skipped = runner.selected(items, Settings(sample=10, seed=3))
+    # the documented draw: numpy default_rng(seed).choice without replacement, sorted
+    want = np.sort(np.random.default_rng(3).choice(50, 10, replace=False))
+    assert got == [items[i] for i in want] and skipped == {"not in --sample": 40}
+    assert runner.selected(items, Settings(sample=10, seed=3))[0] == got  # same in every run
+    assert runner.selected(items, Settings(sample=10, seed=4))[0] != got
+    assert runner.selected(items, Settings(sample=50)) == (items, {})  # all of them: no skip
+    assert runner.selected(items, Settings(limit=5)) == (items[:5], {"beyond --limit": 45})
