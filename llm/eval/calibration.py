@@ -24,6 +24,7 @@ Arrays are NumPy float64; logits are [N, C] (N items, C classes), labels [N] int
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -160,13 +161,14 @@ def _nll_slope(logits_NC, labels_N, beta: float) -> tuple[float, float]:
 
 
 def fit_temperature(logits_NC, labels_N, *, tol: float = 1e-12) -> float:
-    """The T > 0 minimising nll(logits, labels, T): safeguarded Newton on beta = 1/T."""
+    """The T in (0, inf] minimising nll(logits, labels, T): safeguarded Newton on beta = 1/T.
+
+    inf when the NLL does not fall as beta leaves 0 (convex in beta, so beta = 0 is then the
+    minimum): uniform predictions fit the validation labels best, i.e. the ranking of the
+    choices carries no information about them there. softmax(z / inf) is uniform."""
     logits_NC, labels_N = _logits_labels(logits_NC, labels_N)
     if _nll_slope(logits_NC, labels_N, 0.0)[0] >= 0:
-        raise ValueError(
-            "the logits carry no information about the labels (NLL is smallest at T = infinity,"
-            " uniform predictions): check that the labels match the logits"
-        )
+        return math.inf
     # As beta -> infinity the slope tends to mean_i (max_c z_ic - z_iy) >= 0, which is 0 (no
     # finite minimiser: NLL keeps falling as T -> 0) exactly when every label is an argmax.
     if np.all(logits_NC[np.arange(labels_N.size), labels_N] >= logits_NC.max(axis=1)):

@@ -132,10 +132,18 @@ def test_calibration_report_fixes_an_overconfident_model():
     assert (report.n_val, report.n_test) == (4000, 4000)
 
 
+def test_temperature_is_infinite_when_uniform_predictions_fit_best():
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 0.5]])
+    labels = np.array([1, 0, 0])  # mostly wrong: the NLL rises as soon as beta = 1/T leaves 0
+    assert fit_temperature(logits, labels) == np.inf
+    assert nll(logits, labels, np.inf) == pytest.approx(np.log(2), abs=1e-15)  # uniform
+    assert all(nll(logits, labels, t) > np.log(2) for t in (0.1, 1.0, 10.0, 1e3))
+    report = calibration_report(logits, labels, logits, labels)
+    assert report.temperature == np.inf and report.nll_after == pytest.approx(np.log(2))
+
+
 def test_temperature_refuses_logits_without_an_optimum():
     logits = np.array([[2.0, 0.0], [0.0, 2.0]])
-    with pytest.raises(ValueError, match="no information"):
-        fit_temperature(logits, np.array([1, 0]))  # always wrong: T -> infinity
     with pytest.raises(ValueError, match="rank every label first"):
         fit_temperature(logits, np.array([0, 1]))  # always right: T -> 0
 
