@@ -113,8 +113,7 @@ def task_settings(args: argparse.Namespace, specs: list) -> Any:
         (args.shots and not mc and not any(s.kind == "harness" for s in specs),
          "--shots applies to mc and harness tasks only"),
         (args.limit and args.sample, "--limit and --sample both choose the items: give one"),
-        (args.sample and any(s.kind == "harness" or (s.kind == "ppl" and s.arg is None)
-                             for s in specs),
+        (args.sample and any(s.kind == "harness" for s in specs),
          "--sample applies to mc, gen and ppl:SOURCE tasks (harness tasks take --limit)"),
         (args.include_path and not any(s.kind == "harness" for s in specs),
          "--include-path applies to harness tasks only"),

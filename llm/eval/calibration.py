@@ -199,11 +199,14 @@ def calibration_report(
     logits_test, labels_test = _logits_labels(logits_test, labels_test)
     temperature = fit_temperature(logits_val, labels_val)
     before, after = softmax(logits_test), softmax(logits_test / temperature)
+    # Scaling keeps the model's ranking, so correctness is the unscaled argmax's; only the
+    # confidence changes (to 1/C at T = inf, where argmax(after) would be a tie-break).
+    correct = (before.argmax(axis=1) == labels_test).astype(np.float64)
     return CalibrationReport(
         temperature=temperature,
-        accuracy=float(np.mean(before.argmax(axis=1) == labels_test)),
+        accuracy=float(np.mean(correct)),
         ece_before=expected_calibration_error(before, labels_test, n_bins),
-        ece_after=expected_calibration_error(after, labels_test, n_bins),
+        ece_after=expected_calibration_error(after.max(axis=1), correct, n_bins),
         nll_before=nll(logits_test, labels_test),
         nll_after=nll(logits_test, labels_test, temperature),
         n_val=int(np.asarray(labels_val).size),

@@ -115,7 +115,8 @@ def fit_law(
         )
     if len(n) < 5:
         raise ValueError(f"{len(n)} runs cannot determine the law's 5 parameters")
-    if np.any(n <= 0) or np.any(d <= 0) or np.any(loss <= 0) or not np.all(np.isfinite(loss)):
+    finite = np.all(np.isfinite(n)) and np.all(np.isfinite(d)) and np.all(np.isfinite(loss))
+    if not finite or np.any(n <= 0) or np.any(d <= 0) or np.any(loss <= 0):
         raise ValueError("n, d and loss must be positive and finite")
     padded = -(-len(n) // PAD_TO) * PAD_TO  # one compiled shape for up to PAD_TO runs
     data_4P = np.ones((4, padded))
@@ -125,6 +126,8 @@ def fit_law(
         theta_S5, value_S = _solve(_best_starts(init_grid(grid), data_4P, delta, starts),
                                    data_4P, delta, max_iter)  # fmt: skip
     value_S = np.where(np.isfinite(value_S), np.asarray(value_S), np.inf)
+    if not np.isfinite(value_S).any():
+        raise ValueError(f"no start of the fit reached a finite objective ({starts} starts)")
     best = int(np.argmin(value_S))
     alpha, beta, e, a, b = (float(x) for x in theta_S5[best])
     return ScalingLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta,

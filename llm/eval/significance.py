@@ -31,6 +31,7 @@ at a cost of O(R k) instead of O(R N). Other values draw indices in chunks of [R
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -158,7 +159,12 @@ def paired_bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> PairedResult:
-    """Paired bootstrap of mean(b) - mean(a) over the same items: CI and two-sided p-value."""
+    """Paired bootstrap of mean(b) - mean(a) over the same items: CI and two-sided p-value.
+
+    The p-value is NaN when every difference is the same nonzero value (e.g. B right on the
+    only items that differ, and no others): each resample then repeats the observed mean, the
+    resampling distribution is a point and says nothing about the null; read the permutation
+    or McNemar test, which are exact there."""
     a, b = _paired(a, b)
     _check_resampling(n_resamples, level)
     diffs = b - a
@@ -170,13 +176,14 @@ def paired_bootstrap(
     # "as extreme" robust to the rounding of means of identical counts (e.g. all-zero diffs).
     slack = 1e-12 * max(1.0, abs(observed))
     extreme = int(np.sum(np.abs(means - observed) >= abs(observed) - slack))
+    degenerate = bool(np.ptp(diffs) == 0 and observed != 0)
     return PairedResult(
         n=int(a.size),
         mean_a=float(a.mean()),
         mean_b=float(b.mean()),
         diff=observed,
         ci=(float(lo), float(hi)),
-        p_value=(1 + extreme) / (1 + n_resamples),
+        p_value=math.nan if degenerate else (1 + extreme) / (1 + n_resamples),
         level=level,
         n_resamples=n_resamples,
     )

@@ -107,6 +107,9 @@ def load_ladder(path: str | Path) -> Ladder:
     if not isinstance(steps, list) or not all(isinstance(s, int) and s > 0 for s in steps):
         raise ConfigError(f"{path}: steps must be a list of positive integers, got {steps!r}")
     extra = data.get("held_out_sizes") or {}
+    shared = sorted(set(map(str, sizes)) & set(map(str, extra)))
+    if shared:
+        raise ConfigError(f"{path}: held_out_sizes {shared} repeat names of sizes")
     held = [_held_out(path, item, {**sizes, **extra}) for item in data.get("held_out") or []]
     base = Path(data["base"])
     twice = [f"{s}_s{n}" for s, n in held if s in sizes and n in steps]
@@ -159,7 +162,11 @@ class RunResult:
 
 
 def config_sha256(cfg: Config) -> str:
-    return hashlib.sha256(yaml.safe_dump(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+    """sha256 of the resolved config's YAML, without train.run_dir: where the sweep's folder
+    lives (a relative or absolute --out, a moved folder) is not a change of the ladder."""
+    data = to_dict(cfg)
+    data["train"] = {k: v for k, v in data["train"].items() if k != "run_dir"}
+    return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()
 
 
 def read_results(path: str | Path) -> list[RunResult]:

@@ -92,7 +92,7 @@ ROWS = [
      "9 shots asked for, but the few-shot pool has 4"),
     ("limit and sample", ["--tasks", "mc:{mc}", "--limit", "2", "--sample", "2"],
      "--limit and --sample both choose the items"),
-    ("sample of bare ppl", ["--tasks", "ppl", "--sample", "2"],
+    ("sample of a harness task", ["--tasks", "harness:x", "--sample", "2"],
      "--sample applies to mc, gen and ppl:SOURCE tasks"),
 ]  # fmt: skip
 

@@ -140,6 +140,8 @@ def test_temperature_is_infinite_when_uniform_predictions_fit_best():
     assert all(nll(logits, labels, t) > np.log(2) for t in (0.1, 1.0, 10.0, 1e3))
     report = calibration_report(logits, labels, logits, labels)
     assert report.temperature == np.inf and report.nll_after == pytest.approx(np.log(2))
+    # the ranking is kept: 1 of 3 right at confidence 1/2 (not uniform's tie-break argmax)
+    assert report.ece_after == pytest.approx(abs(1 / 3 - 1 / 2), abs=1e-12)
 
 
 def test_temperature_refuses_logits_without_an_optimum():

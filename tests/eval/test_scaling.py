@@ -105,6 +105,7 @@ def test_chinchilla_allocation_matches_the_paper():
         ([1, 2, 3, 4, 5], [1, 2, 3, 4], [1, 2, 3, 4, 5], "1-D of one length"),
         ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, float("nan"), 5], "positive and finite"),
         ([1, 2, 0, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], "positive and finite"),
+        ([1, 2, float("inf"), 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], "positive and finite"),
     ],
 )
 def test_bad_inputs_are_refused(n, d, loss, message):

@@ -9,7 +9,6 @@ pass is reproducible), plus a stated allowance where a method is known to be ine
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -142,6 +141,11 @@ def test_paired_bootstrap_p_value_definition():
     # 0.545 and none is as far from it as 0 is: p = (1 + 0) / (R + 1).
     result = paired_bootstrap(np.zeros(10), np.full(10, 0.5) + np.arange(10) / 100, n_resamples=99)
     assert result.p_value == pytest.approx(1 / 100)
+    # Every difference the same nonzero value: the resampled means are all the observed one,
+    # so the bootstrap has no null distribution (NaN), while the exact tests say p = 0.25.
+    a, b = np.zeros(3), np.ones(3)
+    assert np.isnan(paired_bootstrap(a, b, n_resamples=99).p_value)
+    assert permutation_test(a, b) == pytest.approx(0.25)
 
 
 def test_permutation_test_equals_scipy_exact():
@@ -174,14 +178,6 @@ def test_mcnemar_equals_scipy_binomtest(only_a, only_b):
     assert (result.only_a, result.only_b) == (only_a, only_b)
     ref = 1.0 if only_a + only_b == 0 else stats.binomtest(only_a, only_a + only_b).pvalue
     assert result.p_value == pytest.approx(ref, rel=1e-9, abs=1e-300)
-
-
-def test_ten_thousand_resamples_of_ten_thousand_items_under_a_second():
-    acc = (np.random.default_rng(8).random(10000) < 0.4).astype(np.float64)
-    start = time.perf_counter()
-    bootstrap_ci(acc, n_resamples=10000)
-    paired_bootstrap(acc, np.roll(acc, 1), n_resamples=10000)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_bad_input_is_named():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from llm.config import ConfigError
-from llm.eval.sweep import RESULTS, load_ladder, read_results, run_sweep
+from llm.eval.sweep import RESULTS, config_sha256, load_ladder, read_results, run_sweep
 from llm.model.accounting import param_counts
 
 BASE = {
@@ -65,6 +65,14 @@ def test_ladder_runs_and_configs(tmp_path):
     assert (big.model.d_model, big.optim.warmup_steps) == (32, 2)
 
 
+def test_config_hash_ignores_where_the_sweep_lives_but_not_the_ladder(tmp_path):
+    ladder = load_ladder(write_ladder(tmp_path))
+    rung = ladder.rungs()[0]
+    here = config_sha256(ladder.config(rung, Path("runs/scaling")))
+    assert here == config_sha256(ladder.config(rung, tmp_path / "elsewhere"))
+    assert here != config_sha256(ladder.config(ladder.rungs()[1], Path("runs/scaling")))
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -73,6 +81,10 @@ def test_ladder_runs_and_configs(tmp_path):
         ({"held_out": [{"size": "l3", "steps": 8}]}, "held_out entry"),
         ({"sizes": {"l1": ["model.d_model=16"]}}, "sizes.l1 must map dotted config keys"),
         ({"held_out": [{"size": "l1", "steps": 4}]}, r"held_out runs \['l1_s4'\] are also fitted"),
+        (
+            {"held_out_sizes": {"l2": {"model.d_model": 32}}},
+            r"held_out_sizes \['l2'\] repeat names of sizes",
+        ),
     ],
 )
 def test_bad_ladder_names_file_and_key(tmp_path, changes, message):
