@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks = parser.add_argument_group("tasks (llm.eval.runner)")
     tasks.add_argument("--tasks", help="comma-separated: ppl, ppl:SOURCE, mc:PATH, gen:PATH, "
                        "harness:TASK")  # fmt: skip
-    tasks.add_argument("--shots", type=int_at_least(0), help="k-shot examples (mc; default 0)")
+    tasks.add_argument("--shots", type=int_at_least(0),
+                       help="k-shot examples (mc: default 0; harness: the task's own)")  # fmt: skip
     tasks.add_argument("--seed", type=int_at_least(0), help="shots and bootstrap seed (default 0)")
     tasks.add_argument("--limit", type=int_at_least(1), help="first N items of each task")
     tasks.add_argument("--sample", type=int_at_least(1),

@@ -104,7 +104,13 @@ class ScorerBackend:
             )
         until = kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        return context, until, int(kwargs.get("max_gen_toks", self.max_gen_toks))
+        # The backend's default is capped at half the model's context (a 128-token byte model
+        # cannot generate 256); a task's own max_gen_toks is taken as given and checked.
+        new = int(kwargs.get("max_gen_toks", min(self.max_gen_toks, self.scorer.max_len // 2)))
+        if not 1 <= new < self.scorer.max_len:
+            raise ValueError(f"max_gen_toks={new} of the task must be in [1, max_len="
+                             f"{self.scorer.max_len}) of the model")  # fmt: skip
+        return context, until, new
 
     @property
     def tokenizer_name(self) -> str:
@@ -163,6 +169,10 @@ def run_harness(
     if missing:
         where = f"in {include_path}" if include_path is not None else "among the installed tasks"
         raise ValueError(f"harness tasks {missing} not found {where}")
+    groups = [t for t in tasks if t in manager.all_groups or t in manager.all_tags]
+    if groups:  # their results and item counts are keyed by subtask: name the subtasks instead
+        raise ValueError(f"harness names {groups} are groups or tags, not tasks: name their "
+                         "tasks one by one")  # fmt: skip
     if isinstance(model, LoadedModel):
         lm: Any = lm_class()(model=model, batch_size=batch_size, add_bos=add_bos)
         model_args = None
@@ -194,12 +204,13 @@ def harness_results(
     shots: int | None,
     seed: int,
     limit: int | None,
+    batch_size: int = 8,
 ) -> dict:
     """{"metrics": {name: value}, "stderr": {name: value}, "n": items, "truncated": requests
-    whose context was cut to fit max_len} of one harness task,
+    whose context was cut to fit max_len, "skipped": items left out by `limit`} of one task,
     for `llm eval --tasks harness:TASK`. Metric names drop the harness's filter suffix
     ("acc,none" -> "acc"); another filter keeps it ("exact_match,strict-match")."""
-    out = run_harness(model, [task], include_path, limit, shots, seed)
+    out = run_harness(model, [task], include_path, limit, shots, seed, batch_size=batch_size)
     metrics, stderr = {}, {}
     for key, value in out["results"][task].items():
         if "," not in key or not isinstance(value, int | float):
@@ -208,5 +219,7 @@ def harness_results(
         target = stderr if name.endswith("_stderr") else metrics
         name = name.removesuffix("_stderr")
         target[name if filt == "none" else f"{name},{filt}"] = float(value)
-    n = int(out["n-samples"][task]["effective"])
-    return {"metrics": metrics, "stderr": stderr, "n": n, "truncated": out["truncated"]["requests"]}
+    counts = out["n-samples"][task]
+    n, skipped = int(counts["effective"]), int(counts["original"]) - int(counts["effective"])
+    return {"metrics": metrics, "stderr": stderr, "n": n, "truncated": out["truncated"]["requests"],
+            "skipped": {"beyond --limit": skipped} if skipped else {}}  # fmt: skip

@@ -23,8 +23,9 @@ Evaluation Harness", doi:10.5281/zenodo.5371628, `lm_eval/api/model.py` and `lm_
 * rolling log-likelihood of a text (perplexity tasks): the text's tokens, predicted in
   disjoint windows of max_len with one token of context (`get_rolling_token_windows` with
   context_len=1, then `make_disjoint_window`): the first window predicts tokens 0..max_len-1
-  from BOS onwards, each later window predicts the next tokens given the max_len - n tokens
-  before them, so every token is predicted once, with as much context as fits.
+  from BOS onwards, each later window predicts its next n tokens given the max_len + 1 - n
+  tokens before them (a row of max_len + 1 tokens), so every token is predicted once, with as
+  much context as fits.
 
 The fast path pads rows to a few bucketed lengths (four per octave, at least 16, capped at
 max_len: `bucket_length`) and a fixed batch size, so it compiles once per bucket; requests
@@ -161,10 +162,6 @@ class Scorer:
         """BOS (the harness's prefix token for an empty context), else EOS."""
         bos = getattr(self.tokenizer, "bos_id", None)
         return bos if bos is not None else self.tokenizer.eos_id
-
-    def token_count(self, text: str) -> int:
-        """Tokens of `text` as the model's tokenizer encodes it (no BOS or EOS)."""
-        return len(self.tokenizer.encode(text))
 
     # ---- tokenisation ----
 

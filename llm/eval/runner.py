@@ -42,6 +42,7 @@ from llm.eval.significance import bootstrap_ci
 from llm.train.evaluate import evaluate
 
 KINDS = ("ppl", "mc", "gen", "harness")
+PLAIN_PPL = ("validation", "ood")  # the bare `ppl` task's results: ppl:validation, ppl:ood
 SPLIT_STEMS = ("test", "validation", "val", "dev")  # file stems named by their directory
 N_RESAMPLES = 1000  # bootstrap resamples of every interval
 
@@ -69,7 +70,9 @@ class Task:
 class Settings:
     """How every task runs (the command's flags)."""
 
-    shots: int = 0  # k-shot examples in each multiple-choice context
+    shots: int | None = (
+        None  # k-shot examples of mc tasks (None: 0); of harness tasks (None: the task's own)
+    )
     seed: int = 0  # seed of shot drawing and bootstrap intervals
     limit: int | None = None  # items scored per task (first N in file order); None = all
     sample: int | None = None  # items scored per task, a seeded random N (file order kept)
@@ -85,7 +88,15 @@ def parse_tasks(text: str) -> list[TaskSpec]:
     specs = [_spec(part.strip()) for part in text.split(",") if part.strip()]
     if not specs:
         raise ValueError(f"--tasks {text!r}: no task given")
-    names = [s.name for s in specs]
+    names = [
+        n
+        for s in specs
+        for n in (
+            (f"ppl:{PLAIN_PPL[0]}", f"ppl:{PLAIN_PPL[1]}")
+            if s.kind == "ppl" and s.arg is None
+            else (s.name,)
+        )
+    ]
     for name in names:
         if names.count(name) > 1:
             raise ValueError(f"--tasks: two tasks would both be named {name!r}; rename a file")
@@ -158,8 +169,8 @@ def run_mc(task: Task, scorer: Any, s: Settings) -> TaskResult:
     """acc, acc_norm (with intervals), ECE of the top choice's probability, per domain."""
     items, skipped = selected(task.items, s)
     before = scorer.truncated
-    scores = multiple_choice.evaluate(scorer, items, pool=task.pool, shots=s.shots, seed=s.seed,
-                                      progress=s.progress)  # fmt: skip
+    scores = multiple_choice.evaluate(scorer, items, pool=task.pool, shots=s.shots or 0,
+                                      seed=s.seed, progress=s.progress)  # fmt: skip
     values = {"acc": scores.acc, "acc_norm": scores.acc_norm}
     confidence = np.array([p.max() for p in scores.probs])
     metrics = {k: float(v.mean()) for k, v in values.items()}
@@ -180,13 +191,15 @@ def run_mc(task: Task, scorer: Any, s: Settings) -> TaskResult:
 def run_gen(task: Task, scorer: Any, s: Settings) -> TaskResult:
     """exact_match, f1, rougeL (with intervals), corpus BLEU and chrF of greedy answers."""
     items, skipped = selected(task.items, s)
+    before = scorer.truncated
     answers = generative.generate(scorer, items, max_new_tokens=s.max_new_tokens,
                                   progress=s.progress)  # fmt: skip
     values, corpus = generative.score(items, answers)
     metrics = {k: float(v.mean()) for k, v in values.items()} | corpus
     per_item = {"id": [i.id for i in items], **{k: v.tolist() for k, v in values.items()},
                 "answer": list(answers)}  # fmt: skip
-    return TaskResult("gen", len(items), metrics, intervals(values, s.seed), per_item, skipped)
+    return TaskResult("gen", len(items), metrics, intervals(values, s.seed), per_item, skipped,
+                      truncated=scorer.truncated - before)  # fmt: skip
 
 
 def run_ppl_docs(task: Task, scorer: Any, data_cfg: Any, s: Settings) -> TaskResult:
@@ -217,10 +230,10 @@ def run_ppl_docs(task: Task, scorer: Any, data_cfg: Any, s: Settings) -> TaskRes
 def run_ppl_run(model: Any, s: Settings) -> dict[str, TaskResult]:
     """The training-time validation metric on the model's split and its ood corpus."""
     cfg = model.config
-    sets = [("validation", cfg, "validation")]
+    sets = [(PLAIN_PPL[0], cfg, "validation")]
     if cfg.data.eval_corpus:
         data = dataclasses.replace(cfg.data, corpus=cfg.data.eval_corpus)
-        sets.append(("ood", dataclasses.replace(cfg, data=data), "ood"))
+        sets.append((PLAIN_PPL[1], dataclasses.replace(cfg, data=data), "ood"))
     out = {}
     for name, c, split in sets:
         m = evaluate(c.model, model.params, make_batches(c, split, model.tokenizer),
@@ -234,14 +247,15 @@ def run_harness(spec: TaskSpec, model: Any, s: Settings) -> TaskResult:
     """An lm-evaluation-harness task: its aggregate metrics, and as intervals the normal
     approximation metric +- 1.96 x the harness's standard error (no per-item values)."""
     got = harness_results(model, spec.arg, s.include_path, shots=s.shots, seed=s.seed,
-                          limit=s.limit)  # fmt: skip
+                          limit=s.limit, batch_size=s.batch_size)  # fmt: skip
     metrics = {k: float(v) for k, v in got["metrics"].items()}
     ci = {
         k: (metrics[k] - 1.96 * se, metrics[k] + 1.96 * se)
         for k, se in got.get("stderr", {}).items()
         if k in metrics and math.isfinite(se)
     }
-    return TaskResult("harness", int(got["n"]), metrics, ci, {})
+    return TaskResult("harness", int(got["n"]), metrics, ci, {}, got["skipped"],
+                      truncated=int(got["truncated"]))  # fmt: skip
 
 
 def load_tasks(specs: list[TaskSpec], s: Settings) -> list[Task]:
@@ -254,8 +268,10 @@ def load_tasks(specs: list[TaskSpec], s: Settings) -> list[Task]:
             items_file, pool_file = mc_files(spec.arg, s.fewshot_file)
             items = multiple_choice.read_items(items_file)
             pool = multiple_choice.read_items(pool_file) if pool_file else items
-            available = len(pool) - (pool is items)
-            if s.shots > available:
+            # the fewest shots any item can draw: the pool without that item's own id
+            ids = {p.id for p in pool}
+            available = len(ids) - (1 if any(i.id in ids for i in items) else 0)
+            if (s.shots or 0) > available:
                 raise ValueError(f"{spec.spec}: {s.shots} shots asked for, but the few-shot "
                                  f"pool has {available} items")  # fmt: skip
         elif spec.kind == "gen":

@@ -50,10 +50,12 @@ def test_spec_grammar_and_names(tmp_path):
         ("gen:", "nothing after gen:"),
         ("mc:{tmp}/none.jsonl", "none.jsonl does not exist"),
         ("mc:{tmp}/a.jsonl,mc:{tmp}/sub/a.jsonl", "both be named 'mc:a'"),
+        ("ppl,ppl:{tmp}/ood.jsonl", "both be named 'ppl:ood'"),  # the bare ppl writes ppl:ood
     ],
 )
 def test_bad_specs(tmp_path, text, message):
     write_jsonl(tmp_path / "a.jsonl", MC_RECORDS)
+    write_jsonl(tmp_path / "ood.jsonl", PPL_RECORDS)
     write_jsonl(tmp_path / "sub" / "a.jsonl", MC_RECORDS)
     with pytest.raises(ValueError, match=message):
         parse_tasks(text.format(tmp=tmp_path))
@@ -203,3 +205,21 @@ def test_sample_is_seeded_in_file_order_and_counts_the_rest():
     assert runner.selected(items, Settings(sample=10, seed=4))[0] != got
     assert runner.selected(items, Settings(sample=50)) == (items, {})  # all of them: no skip
     assert runner.selected(items, Settings(limit=5)) == (items[:5], {"beyond --limit": 45})
+
+
+def test_a_pool_sharing_an_item_id_is_counted_without_it(tmp_path):
+    """Each item's shots exclude the item itself (by id), so a 4-item pool that holds one of the
+    task's ids gives that item only 3: 4 shots are refused before any model loads."""
+    path = write_jsonl(tmp_path / "t.jsonl", MC_RECORDS[:1])
+    pool = write_jsonl(tmp_path / "pool.jsonl", MC_RECORDS[:4])
+    with pytest.raises(ValueError, match="4 shots asked for, but the few-shot pool has 3"):
+        load_tasks(parse_tasks(f"mc:{path}"), Settings(shots=4, fewshot_file=str(pool)))
+    load_tasks(parse_tasks(f"mc:{path}"), Settings(shots=3, fewshot_file=str(pool)))
+
+
+def test_gen_task_counts_prompts_cut_to_fit(tmp_path):
+    long = {"id": "long", "prompt": "word " * 40, "references": ["x"]}  # 200 bytes > 64 - 8
+    path = write_jsonl(tmp_path / "qa.jsonl", [*GEN_RECORDS, long])
+    s = Settings(max_new_tokens=8)
+    got = run_tasks(tiny_model(), load_tasks(parse_tasks(f"gen:{path}"), s), s)["gen:qa"]
+    assert got.truncated == 1

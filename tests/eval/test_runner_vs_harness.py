@@ -38,3 +38,31 @@ def test_runner_equals_the_harness_on_the_same_task():
     assert via_runner.n == mine.n == 12
     assert {k: via_runner.metrics[k] for k in ("acc", "acc_norm")} == {
         "acc": mine.metrics["acc"], "acc_norm": mine.metrics["acc_norm"]}  # fmt: skip
+
+
+def test_harness_tasks_count_limit_skips_and_keep_the_tasks_shots(tmp_path):
+    """--limit's left-out items are counted; no --shots means the YAML's own num_fewshot."""
+    import shutil
+
+    for name in ("local_data.py", "mc.jsonl"):
+        shutil.copy(TASKS / name, tmp_path / name)
+    yaml_text = (TASKS / "llm_local_mc.yaml").read_text()
+    (tmp_path / "two_shot.yaml").write_text(
+        yaml_text.replace("task: llm_local_mc", "task: llm_two_shot") + "num_fewshot: 2\n"
+    )
+    (tmp_path / "group.yaml").write_text("group: llm_group\ntask:\n  - llm_two_shot\n")
+    model = tiny_model()
+    settings = Settings(include_path=str(tmp_path), limit=3)
+    got = run_tasks(model, load_tasks(parse_tasks("harness:llm_two_shot"), settings), settings)
+    result = got["harness:llm_two_shot"]
+    assert (result.n, result.skipped) == (3, {"beyond --limit": 9})
+
+    from llm.eval.harness import run_harness
+
+    own = run_harness(model, ["llm_two_shot"], include_path=tmp_path, limit=3)
+    assert own["configs"]["llm_two_shot"]["num_fewshot"] == 2  # what the runner left alone
+    assert {k: result.metrics[k] for k in ("acc", "acc_norm")} == {
+        "acc": own["results"]["llm_two_shot"]["acc,none"],
+        "acc_norm": own["results"]["llm_two_shot"]["acc_norm,none"]}  # fmt: skip
+    with pytest.raises(ValueError, match=r"\['llm_group'\] are groups or tags"):
+        run_harness(model, ["llm_group"], include_path=tmp_path)
