@@ -122,9 +122,10 @@ def register_mc_tasks(actions: argparse._SubParsersAction) -> None:
 def run_mc_tasks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llm.data.mc_tasks import MCOptions, build_mc_tasks, format_manifest, parse_mc_task_names
+    from llm.data.mc_tasks import MC_TASKS, MCOptions, build_mc_tasks, format_manifest
+    from llm.data.tasks import parse_task_names
 
-    names = parse_mc_task_names(args.tasks)
+    names = parse_task_names(args.tasks, MC_TASKS)
     opts = MCOptions(args.seed, args.choices, args.max_test, args.max_fewshot, args.play_split,
                      args.cache_dir, args.fortunes)  # fmt: skip
     start = time.perf_counter()

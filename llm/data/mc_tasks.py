@@ -351,14 +351,6 @@ def write_mc_task(folder: Path, name: str, source: Source, opts: MCOptions,
     return entry | {"dropped": dict(sorted(dropped.items()))}
 
 
-def parse_mc_task_names(spec: str | None) -> list[str]:
-    names = list(MC_TASKS) if not spec else [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MC_TASKS]
-    if unknown or not names:
-        raise ValueError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(MC_TASKS)}")
-    return list(dict.fromkeys(names))
-
-
 def build_mc_tasks(out: Path, names: list[str] | None = None,
                    opts: MCOptions | None = None) -> dict:  # fmt: skip
     """Writes every task's files and the manifest under `out`; returns the manifest."""

@@ -27,7 +27,7 @@ import itertools
 import json
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -245,11 +245,13 @@ def load_source(name: str, cache: str | None) -> tuple[list, list[Document], dic
     return plays, play_documents(plays), entry
 
 
-def parse_task_names(spec: str | None) -> list[str]:
-    names = list(TASKS) if not spec else [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in TASKS]
+def parse_task_names(spec: str | None, known: Iterable[str] = TASKS) -> list[str]:
+    """The names of a --tasks value (all of `known` when empty), in order, without repeats."""
+    known = list(known)
+    names = known if not spec else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise ValueError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 

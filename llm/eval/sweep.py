@@ -36,6 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from llm.config import Config, ConfigError, load_config, to_dict
+from llm.data.sources import jsonl_records
 from llm.model.accounting import param_counts
 from llm.train.loop import train
 
@@ -171,18 +172,12 @@ def config_sha256(cfg: Config) -> str:
 
 def read_results(path: str | Path) -> list[RunResult]:
     """Every record of a results.jsonl; a bad line is an error naming file:line."""
-    path, found = Path(path), []
     fields = {f.name for f in dataclasses.fields(RunResult)}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not JSON ({err})") from None
+    found = []
+    for record, where in jsonl_records(str(path), "scaling result"):
         if not isinstance(record, dict) or set(record) != fields:
             got = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(f"{path}:{n}: a result needs the keys {sorted(fields)}, got {got}")
+            raise ValueError(f"{where}: a result needs the keys {sorted(fields)}, got {got}")
         found.append(RunResult(**record))
     return found
 

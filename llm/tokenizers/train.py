@@ -6,8 +6,6 @@ Algorithms: "spm-bpe" and "spm-unigram" (the sentencepiece library), and our fro
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,30 +21,6 @@ def iter_lines(files: Sequence[str | Path]) -> Iterator[str]:
                     yield raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise ValueError(f"{f}:{lineno}: invalid UTF-8 ({e.reason})") from None
-
-
-def resolve_inputs(inputs: Sequence[str | Path], workdir: Path) -> list[Path]:
-    """Text files as given; a built-in corpus name ("shakespeare", "milton") becomes a text file
-    of its documents in `workdir`, prepared by `llm.data.corpora` (downloaded once, cached)."""
-    from llm.data.corpora import BUILTIN, prepare_builtin
-
-    files = []
-    for item in inputs:
-        if Path(item).is_file():
-            files.append(Path(item))
-        elif str(item) in BUILTIN:
-            out = workdir / f"{item}.txt"
-            jsonl = prepare_builtin(str(item))
-            with open(jsonl, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
-                for line in src:
-                    dst.write(json.loads(line)["text"])
-            files.append(out)
-        else:
-            raise FileNotFoundError(
-                f"training input {str(item)!r} is neither a file nor a built-in corpus "
-                f"({', '.join(sorted(BUILTIN))})"
-            )
-    return files
 
 
 def default_output(algo: str, out: str | Path) -> Path:
@@ -67,15 +41,17 @@ def train_tokenizer(
     character_coverage: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Train `algo` on `files` (paths or built-in corpus names) and save it; returns the file
-    `load_tokenizer` reads."""
+    """Train `algo` on text `files` and save it; returns the file `load_tokenizer` reads.
+    (A built-in corpus becomes a text file with `llm.data.corpora.text_files`.)"""
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     if not files:
         raise ValueError("no training files given")
-    with tempfile.TemporaryDirectory() as workdir:
-        paths = resolve_inputs(files, Path(workdir))
-        return _train(algo, paths, vocab_size, out, min_frequency, character_coverage, log)
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"training files {missing} do not exist")
+    paths = [Path(f) for f in files]
+    return _train(algo, paths, vocab_size, out, min_frequency, character_coverage, log)
 
 
 def _train(

@@ -162,7 +162,6 @@ def test_bad_input_is_named():
 
 
 def test_reliability_diagram_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
     from matplotlib import image
 
     probs, labels = _random_probs(np.random.default_rng(5), 400, 3)

@@ -12,7 +12,6 @@ import pytest
 from llm.eval.runner import Settings, load_tasks, parse_tasks, run_tasks
 from tests.eval.runner_fixtures import tiny_model
 
-pytest.importorskip("lm_eval")
 TASKS = Path(__file__).parent / "harness_tasks"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm.cli import main
+from llm.data.corpora import text_files
 from llm.tokenizers import load_tokenizer
 from llm.tokenizers.train import ALGORITHMS, iter_lines, train_tokenizer
 
@@ -56,7 +57,8 @@ def test_iter_lines_keeps_newlines(tmp_path):
 
 
 def test_builtin_corpus_name_is_read_from_the_prepared_cache(tmp_path, monkeypatch, corpus):
-    """`shakespeare` resolves through llm.data.corpora; a pre-filled cache means no download."""
+    """`shakespeare` resolves through llm.data.corpora.text_files; a pre-filled cache means no
+    download."""
     import json
 
     jsonl = tmp_path / "corpora" / "shakespeare" / "documents.jsonl"
@@ -66,14 +68,14 @@ def test_builtin_corpus_name_is_read_from_the_prepared_cache(tmp_path, monkeypat
         "".join(json.dumps({"title": str(i), "text": t}) + "\n" for i, t in enumerate(docs))
     )
     monkeypatch.setenv("LLM_CACHE_DIR", str(tmp_path))
-    out = train_tokenizer("bpe", ["shakespeare"], 400, tmp_path / "tok")
+    out = train_tokenizer("bpe", text_files(["shakespeare"], tmp_path), 400, tmp_path / "tok")
     from llm.tokenizers.bpe import train_bpe
 
     assert load_tokenizer(str(out)).encode("".join(corpus)) == train_bpe(corpus, 400).encode(
         "".join(corpus)
     )
     with pytest.raises(FileNotFoundError, match="neither a file nor a built-in corpus"):
-        train_tokenizer("bpe", ["hamlet"], 400, tmp_path / "tok")
+        text_files(["hamlet"], tmp_path)
 
 
 @pytest.mark.parametrize("algo", ["bpe", "wordpiece", "unigram"])
