@@ -8,7 +8,8 @@
 
 Layouts (`layout_of` tells them apart and names what it found when none fits):
   run       config.yaml + checkpoints/<step>/state  (llm.checkpoint.manager)
-  imported  config.yaml + params/                   (llm.interop.model_dir.save_model)
+  imported  config.yaml + params/                   (llm.interop.model_dir.save_model); with
+            quantization.json a quantized model, whose QArray leaves are restored as such
   hf        config.json + *.safetensors             (read through llm.interop, no import step)
 
 Only the decoder's params are read. A run checkpoint also holds optimiser moments (twice the
@@ -42,8 +43,9 @@ from llm.checkpoint.manager import (
     check_compatible,
     path_name,
 )
+from llm.compress import sparsity  # noqa: F401 (registers the pruning "mask" component)
 from llm.config import Config, load_config
-from llm.model import abstract_params, logical_axes
+from llm.model import abstract_params, logical_axes, quantized
 from llm.peft import ADAPTERS, METHODS, stored_decoder
 from llm.tokenizers import load_tokenizer
 from llm.typing import PyTree
@@ -97,10 +99,32 @@ def load_model(path: str | Path, step: int | None = None, shardings: PyTree = No
     if layout == "hf":
         params, found = _load_hf_params(p, cfg, shardings), 0
     elif layout == "imported":
-        params, found = _restore(p / "params", abstract_params(cfg.model), shardings), 0
+        params, found = _restore_imported(p, cfg, shardings), 0
     else:
         params, found = restore_run_params(p, cfg, step, shardings)
     return LoadedModel(cfg, params, tokenizer_with_template(cfg.data.tokenizer), found, layout, p)
+
+
+def quantization_of(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The quantization manifest of a model directory ({} for a float model)."""
+    f = Path(path) / quantized.MANIFEST
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _restore_imported(path: Path, cfg: Config, shardings: PyTree) -> PyTree:
+    """An imported directory's params; a quantized one's QArrays rebuilt from its manifest
+    (`shardings`, if given, must then be shaped like the quantized tree)."""
+    spec = quantization_of(path)
+    if not spec:
+        return _restore(path / "params", abstract_params(cfg.model), shardings)
+    try:
+        abstract = quantized.abstract_quantized(abstract_params(cfg.model), spec)
+    except ValueError as err:
+        raise CheckpointMismatch(f"{path / quantized.MANIFEST}: {err} {MODEL_ADVICE}") from None
+    if shardings is not None:
+        shardings = quantized.storable(shardings)
+    tree = _restore(path / "params", quantized.storable(abstract), shardings)
+    return quantized.from_storable(tree, spec)
 
 
 def model_config_of(path: str | Path) -> Config:

@@ -6,6 +6,7 @@ llm generate --checkpoint runs/tiny --chat --prompt "Hi"   # one chat turn, then
 llm generate --config configs/tiny.yaml --prompt "hi"      # random weights (smoke test)
 llm generate --checkpoint runs/tiny --prompt "The" --num-beams 4 --length-penalty 1.0
 llm generate --checkpoint models/smollm2 --adapter runs/lora --chat   # base + a LoRA adapter
+llm generate --checkpoint models/smollm2 --prompt "The" --kv-cache int8   # int8 KV cache
 
 Arguments are checked before the model loads: impossible values (`--top-p 2`, a prompt plus
 `--max-new-tokens` longer than the context) and arguments the chosen mode would ignore
@@ -16,6 +17,7 @@ or dropped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from llm.cli_args import (
@@ -61,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="beam search with this width (0 = sample)")  # fmt: skip
     parser.add_argument("--length-penalty", type=finite_float, default=1.0,
                         help="with --num-beams: beam score / len^x")  # fmt: skip
+    parser.add_argument("--kv-cache", choices=("auto", "int8"), default=None,
+                        help="KV-cache storage (model.kv_cache_dtype): auto = the activation "
+                        "dtype; int8 = codes + a scale per cached vector, ~4x less memory "
+                        "(default: the model's config)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -130,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
         with model_dir_errors(args.adapter):
             params = merged(params, load_adapter(args.adapter, model))
-    engine = Engine(model.config.model, params, model.tokenizer)
+    cfg = model.config.model
+    if args.kv_cache is not None:
+        cfg = dataclasses.replace(cfg, kv_cache_dtype=args.kv_cache)
+    engine = Engine(cfg, params, model.tokenizer)
     if args.chat:
         return chat(engine, args)
     if args.prompt is None and sys.stdin.isatty():

@@ -95,6 +95,33 @@ class ClassificationLossConfig:
                 )
 
 
+KDDirection = Literal["forward", "reverse"]
+
+
+@config_class
+class DistillLossConfig:
+    """Knowledge distillation (llm/train/losses/distill.py): alpha T^2 KL between teacher and
+    student at temperature T plus (1 - alpha) hard-label cross-entropy (Hinton et al. 2015)."""
+
+    name: Literal["distill"] = "distill"  # the loss this section configures
+    teacher: str | None = None  # teacher model directory (run, convert or HF); null = cached top-k
+    temperature: float = 2.0  # T: both distributions are softened by T; the KD term scaled by T^2
+    alpha: float = 0.5  # weight of the KD term; 1 - alpha weights the hard-label cross-entropy
+    direction: KDDirection = "forward"  # forward: KL(teacher || student); reverse: KL(s || t)
+    top_k: int = 0  # > 0: batches carry the teacher's cached top-k (teacher_ids, teacher_logp)
+
+    def __post_init__(self) -> None:
+        check(self.temperature > 0, "temperature", "must be positive")
+        check(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        check(self.top_k >= 0, "top_k", "must be non-negative (0 = run the teacher)")
+        check(
+            (self.teacher is None) != (self.top_k == 0),
+            "teacher",
+            "give exactly one of loss.teacher (a model directory, run every step) and "
+            "loss.top_k > 0 (the batches carry the teacher's cached top-k)",
+        )
+
+
 DEFAULT_LOSS = "causal_lm"  # what a `loss:` section without `name` configures
 
 
@@ -109,6 +136,7 @@ LossConfig = Annotated[
     Annotated[CausalLMLossConfig, pydantic.Tag("causal_lm")]
     | Annotated[SFTLossConfig, pydantic.Tag("sft")]
     | Annotated[ClassificationLossConfig, pydantic.Tag("classification")]
+    | Annotated[DistillLossConfig, pydantic.Tag("distill")]
     | Annotated[RewardLossConfig, pydantic.Tag("reward")]
     | Annotated[DPOLossConfig, pydantic.Tag("dpo")]
     | Annotated[CDPOLossConfig, pydantic.Tag("cdpo")]
@@ -124,6 +152,7 @@ LOSS_CONFIGS: dict[str, type] = {
     "causal_lm": CausalLMLossConfig,
     "sft": SFTLossConfig,
     "classification": ClassificationLossConfig,
+    "distill": DistillLossConfig,
     **ALIGN_LOSS_CONFIGS,
 }
 RL_LOSSES = ("ppo", "grpo")  # trained by the RL loop on rollouts (llm/align/rl.py)

@@ -14,6 +14,7 @@ Activation = Literal["relu", "gelu", "gelu_tanh", "swiglu", "geglu"]
 AttentionImpl = Literal["xla", "xla_flash", "jax", "cudnn", "pallas", "auto"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
+KVCacheDType = Literal["auto", "int8"]
 
 GATED_ACTIVATIONS = ("swiglu", "geglu")
 
@@ -61,6 +62,7 @@ class ModelConfig:
     param_dtype: DType = "float32"  # storage dtype of the parameters
     remat: RematPolicy = "none"  # activation recomputation per block: none|full|dots|dots_no_batch
     scan_layers: bool = True  # lax.scan over stacked blocks (compile O(1) in depth); false: unroll
+    kv_cache_dtype: KVCacheDType = "auto"  # decode cache: auto = dtype; int8 = codes + scale/token
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):

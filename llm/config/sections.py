@@ -6,6 +6,7 @@ Later features add fields to the section they belong to, each with a one-line co
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Literal
 
@@ -56,6 +57,31 @@ class OptimConfig:
         )
 
 
+QatFormat = Literal["none", "int8", "int4", "uint4", "nf4"]
+QAT_BITS = {"int8": (8,), "int4": (2, 3, 4), "uint4": (2, 3, 4), "nf4": (4,)}  # as code_range's
+
+
+@config_class
+class QatConfig:
+    """Quantization-aware training (llm/compress/qat.py): the forward sees the targets
+    rounded to this grid (straight-through gradients), so RTN of the result loses nothing."""
+
+    fmt: QatFormat = "none"  # weight format the run trains for (llm/ops/quantized.py); none = off
+    bits: int | None = None  # bits per code (int8: 8; int4/uint4: 2-4; nf4: 4); null = widest
+    group: int = 128  # input features per scale; 0 = one scale per output channel
+    targets: str = r"^blocks/(attn|mlp)/\w+/w$"  # regex on weight paths fake-quantized
+
+    def __post_init__(self) -> None:
+        if self.fmt != "none" and self.bits is not None:
+            allowed = QAT_BITS[self.fmt]
+            check(self.bits in allowed, "bits", f"{self.fmt} takes bits {allowed}, not {self.bits}")
+        check(self.group >= 0, "group", "must be non-negative (0 = per output channel)")
+        try:
+            re.compile(self.targets)
+        except re.error as err:
+            check(False, "targets", f"{self.targets!r} is not a regex: {err}")
+
+
 @config_class
 class TrainConfig:
     """The training loop: batch shape, length, seeds, logging and checkpoint cadence."""
@@ -88,6 +114,8 @@ class TrainConfig:
     init_from: str | None = None  # start from these weights: a run, `llm convert` or HF directory
     init_step: int | None = None  # with init_from a run: its checkpoint step; null = newest
     freeze: tuple[str, ...] = ()  # regexes on model param paths ("blocks/attn/q/w") kept frozen
+    keep_sparsity: bool = False  # keep init_from's exact zeros (`llm prune`): a frozen mask
+    qat: QatConfig = dataclasses.field(default_factory=QatConfig)  # quantization-aware training
 
     def __post_init__(self) -> None:
         for key in (
@@ -107,6 +135,11 @@ class TrainConfig:
             "needs init_from (the run directory whose step it names)",
         )
         check(self.init_step is None or self.init_step >= 0, "init_step", "must be >= 0")
+        check(
+            not self.keep_sparsity or self.init_from is not None,
+            "keep_sparsity",
+            "needs init_from (the pruned model whose zeros it keeps, from `llm prune`)",
+        )
         for pattern in self.freeze:
             try:
                 re.compile(pattern)

@@ -39,8 +39,8 @@ class LayerCache:
     positions and segment ids are shared by every layer.
     """
 
-    k_YBKSH: Array
-    v_YBKSH: Array
+    k_YBKSH: kv_cache.KV
+    v_YBKSH: kv_cache.KV
     layer: Array
     kv_positions_BS: Array
     kv_segment_ids_BS: Array
@@ -140,7 +140,9 @@ class Attention(nnx.Module):
                 kv_cache.write_layer(c, cache.layer, new, positions_BL)
                 for c, new in ((cache.k_YBKSH, k_BLKH), (cache.v_YBKSH, v_BLKH))
             )
-            # [B, S, K, H] views of the cache: the backends' transposes cancel them
+            # [B, S, K, H] views of the cache (an int8 one read as codes * scale): the
+            # backends' transposes cancel them
+            k_BKSH, v_BKSH = (kv_cache.dequantize(c, k_BLKH.dtype) for c in (k_BKSH, v_BKSH))
             k_BLKH, v_BLKH = k_BKSH.transpose(0, 2, 1, 3), v_BKSH.transpose(0, 2, 1, 3)
             cache = cache.replace(k_YBKSH=k_all, v_YBKSH=v_all)
             segment_ids_BL = (segment_ids_BL != 0).astype(jnp.int32)

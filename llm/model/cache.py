@@ -5,7 +5,9 @@ to `llm.model.forward`, which returns the updated one in `out.cache`. Besides th
 create one, read each row's length, gather rows, scatter rows into a running batch, and roll
 rows back; they never read its arrays. So a model with another decoding state (a sliding
 window ring buffer, an SSM or RNN state) plugs in by implementing these five operations,
-without touching `llm/inference/`. Today every model uses the `KVCache` of `kv_cache.py`.
+without touching `llm/inference/`. Today every model uses the `KVCache` of `kv_cache.py`,
+stored in the activation dtype or, with `model.kv_cache_dtype=int8`, as int8 codes and a
+scale per cached vector (the config field is the one switch: `init_cache` reads it).
 
 Every operation is a pure function of arrays, usable under `jit`, and keeps the cache's
 shapes static; in a step that donates the cache, the scatters update it in place.
@@ -47,5 +49,6 @@ class Cache(Protocol):
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
     """An empty cache of `batch` rows with room for `max_len` tokens each, of the kind this
-    model decodes with (the one place that chooses it)."""
+    model decodes with (the one place that chooses it; its storage dtype from
+    `cfg.kv_cache_dtype`)."""
     return KVCache.init(cfg, batch, max_len)

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec
 from llm.config import ModelConfig
 from llm.model.cache import Cache
 from llm.model.extras import Extras
-from llm.model.kv_cache import KVCache
+from llm.model.kv_cache import KVCache, fill_prefix
 from llm.model.outputs import ModelOutput
 from llm.model.transformer import Transformer
 from llm.typing import Array, PyTree
@@ -43,6 +43,11 @@ def init_params(cfg: ModelConfig, key: Array) -> PyTree:
 def abstract_params(cfg: ModelConfig) -> PyTree:
     """The params pytree as `jax.ShapeDtypeStruct`s: shapes and dtypes at no memory cost."""
     return nnx.to_pure_dict(_abstract(cfg)[1])
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+    """The module with shape-only params: for reading its structure (which layers exist)."""
+    return nnx.merge(*_abstract(cfg))
 
 
 def logical_axes(cfg: ModelConfig) -> PyTree:
@@ -120,11 +125,8 @@ def prime_cache(
     B = cache.batch
     if extras.prefix_k_YPKH is not None:
         P = extras.prefix_k_YPKH.shape[1]
-        k_YBKSH, v_YBKSH = (
-            c.at[:, :, :, :P].set(jnp.swapaxes(p, 1, 2)[:, None].astype(c.dtype))
-            for c, p in ((cache.k_YBKSH, extras.prefix_k_YPKH),
-                         (cache.v_YBKSH, extras.prefix_v_YPKH))
-        )  # fmt: skip
+        k_YBKSH = fill_prefix(cache.k_YBKSH, extras.prefix_k_YPKH)
+        v_YBKSH = fill_prefix(cache.v_YBKSH, extras.prefix_v_YPKH)
         return KVCache(k_YBKSH, v_YBKSH, jnp.full((B,), P, jnp.int32)), decode
     if extras.prompt_PD is not None:
         prompt_BPD = jnp.broadcast_to(extras.prompt_PD, (B, *extras.prompt_PD.shape))

@@ -18,6 +18,18 @@ in-place update once the step function donates the cache.
 A step feeds a block of new tokens [B, L]: right-padded, i.e. row b holds its valid tokens
 first and padding (segment id 0) after. Token t of row b sits at position lengths_B[b] + t.
 
+int8 storage (`model.kv_cache_dtype=int8`): each cached key or value vector (one layer,
+row, kv head and position) is kept as int8 codes and one float32 scale, symmetric absmax
+over head_dim: scale = max|x| / 127, code = round(x / scale). That is the token-wise int8
+of ZeroQuant (Yao et al., 2022, arXiv:2206.01861) applied to keys and values; each element
+is off by at most scale / 2 = max|x| / 254. Per token rather than per channel (KIVI, Liu et
+al., 2024, arXiv:2402.02750, quantizes keys per channel) so a new token is written without
+touching the others. A token costs 2 Y K (H + 4) bytes instead of 2 Y K H * 4 (float32):
+3.8x less at H = 64. Tokens are quantized as they are written (`write_layer`) and attention
+reads the layer's slice dequantized (`dequantize`): codes * scale, one rounding, in the
+activation dtype. It saves memory (longer contexts, more rows), not time: XLA:CPU writes the
+dequantized slice before the attention dots read it.
+
 `KVCache` implements the `llm.model.cache.Cache` protocol, the only face generation code
 sees; its arrays are read by the model alone (`step_layout`, `write_layer`).
 """
@@ -33,11 +45,28 @@ from llm.typing import Array
 
 
 @struct.dataclass
-class KVCache:
-    """k_YBKSH / v_YBKSH: per-layer keys and values; lengths_B: valid slots per sequence."""
+class Int8KV:
+    """Keys or values as int8 codes [..., S, H] and float32 scales [..., S]: each vector is
+    codes * scales[..., None]. Stands in for a float [..., S, H] array in a `KVCache`."""
 
-    k_YBKSH: Array
-    v_YBKSH: Array
+    codes: Array
+    scales: Array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+
+KV = Array | Int8KV  # what one of a KVCache's k / v holds
+
+
+@struct.dataclass
+class KVCache:
+    """k_YBKSH / v_YBKSH: per-layer keys and values (float arrays, or `Int8KV`);
+    lengths_B: valid slots per sequence."""
+
+    k_YBKSH: KV
+    v_YBKSH: KV
     lengths_B: Array
 
     @property
@@ -55,9 +84,13 @@ class KVCache:
 
     def select_rows(self, rows_R: Array) -> KVCache:
         """The cache of sequences `rows_R` (beam search reorders beams this way)."""
+
+        def take(kv):
+            return jax.tree.map(lambda a: jnp.take(a, rows_R, axis=1), kv)
+
         return KVCache(
-            k_YBKSH=jnp.take(self.k_YBKSH, rows_R, axis=1),
-            v_YBKSH=jnp.take(self.v_YBKSH, rows_R, axis=1),
+            k_YBKSH=take(self.k_YBKSH),
+            v_YBKSH=take(self.v_YBKSH),
             lengths_B=jnp.take(self.lengths_B, rows_R, axis=0),
         )
 
@@ -66,13 +99,19 @@ class KVCache:
         in place when the caller donates this cache (the engine's slot insert)."""
         if other.max_len != self.max_len:
             raise ValueError(f"{other.max_len=} must equal this cache's {self.max_len=}")
+        if isinstance(other.k_YBKSH, Int8KV) != isinstance(self.k_YBKSH, Int8KV):
+            raise ValueError("put_rows: one cache is int8 and the other float; build both "
+                             "with the same model.kv_cache_dtype")  # fmt: skip
 
         def put(big, small, axis):
             return big.at[(slice(None),) * axis + (rows_R,)].set(small, mode="drop")
 
+        def put_kv(big, small):
+            return jax.tree.map(lambda b, s: put(b, s, 1), big, small)
+
         return KVCache(
-            k_YBKSH=put(self.k_YBKSH, other.k_YBKSH, 1),
-            v_YBKSH=put(self.v_YBKSH, other.v_YBKSH, 1),
+            k_YBKSH=put_kv(self.k_YBKSH, other.k_YBKSH),
+            v_YBKSH=put_kv(self.v_YBKSH, other.v_YBKSH),
             lengths_B=put(self.lengths_B, other.lengths_B, 0),
         )
 
@@ -83,29 +122,60 @@ class KVCache:
         return self.replace(lengths_B=jnp.minimum(lengths_B, self.lengths_B).astype(jnp.int32))
 
 
+def storage(cfg: ModelConfig, dtype=None) -> str:
+    """What the cache stores: "int8", or a float dtype name (`dtype` overrides the config's
+    `kv_cache_dtype`; "auto" is the activation dtype `cfg.dtype`)."""
+    choice = dtype or cfg.kv_cache_dtype
+    return cfg.dtype if choice == "auto" else jnp.dtype(choice).name
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    """An empty cache for `batch` sequences of up to `max_len` tokens (in `cfg.dtype`)."""
+    """An empty cache for `batch` sequences of up to `max_len` tokens, stored as
+    `storage(cfg, dtype)` ("int8": `Int8KV` codes and scales)."""
     shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.head_size)
-    dtype = jnp.dtype(dtype or cfg.dtype)
-    return KVCache(
-        k_YBKSH=jnp.zeros(shape, dtype),
-        v_YBKSH=jnp.zeros(shape, dtype),
-        lengths_B=jnp.zeros((batch,), jnp.int32),
-    )
+    kind = storage(cfg, dtype)
+
+    def empty() -> KV:
+        if kind == "int8":
+            return Int8KV(jnp.zeros(shape, jnp.int8), jnp.ones(shape[:-1], jnp.float32))
+        return jnp.zeros(shape, kind)
+
+    return KVCache(k_YBKSH=empty(), v_YBKSH=empty(), lengths_B=jnp.zeros((batch,), jnp.int32))
 
 
 def cache_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> int:
-    """Memory of `init_cache(cfg, batch, max_len)` in bytes (keys and values)."""
-    itemsize = jnp.dtype(dtype or cfg.dtype).itemsize
-    return 2 * cfg.n_layers * batch * max_len * cfg.kv_heads * cfg.head_size * itemsize
+    """Memory of `init_cache(cfg, batch, max_len, dtype)` in bytes (keys and values)."""
+    kind = storage(cfg, dtype)
+    per_vector = cfg.head_size + 4 if kind == "int8" else cfg.head_size * jnp.dtype(kind).itemsize
+    return 2 * cfg.n_layers * batch * max_len * cfg.kv_heads * per_vector
 
 
-def logical_axes() -> KVCache:
-    """Logical axis names of the cache arrays, for the same rules table as the params."""
+def logical_axes(cfg: ModelConfig | None = None) -> KVCache:
+    """Logical axis names of the cache arrays, for the same rules table as the params (of
+    `init_cache(cfg, ...)`; without `cfg`, a float cache)."""
     from jax.sharding import PartitionSpec as P
 
     kv = P("layers", "batch", "kv_heads", "cache_seq", "head_dim")
+    if cfg is not None and storage(cfg) == "int8":
+        kv = Int8KV(kv, P("layers", "batch", "kv_heads", "cache_seq"))
     return KVCache(k_YBKSH=kv, v_YBKSH=kv, lengths_B=P("batch"))
+
+
+def quantize(x_BLKH: Array) -> Int8KV:
+    """int8 codes and float32 scales of vectors along the last axis: scale = absmax / 127
+    (1 for an all-zero vector, whose codes are 0), code = round(x / scale), |code| <= 127."""
+    x = x_BLKH.astype(jnp.float32)
+    absmax = jnp.max(jnp.abs(x), axis=-1)
+    scales = jnp.where(absmax > 0, absmax / 127.0, 1.0)
+    codes = jnp.clip(jnp.round(x / scales[..., None]), -127, 127).astype(jnp.int8)
+    return Int8KV(codes, scales)
+
+
+def dequantize(kv: KV, dtype) -> Array:
+    """The values `kv` holds, in `dtype` (a float array is returned as it is)."""
+    if not isinstance(kv, Int8KV):
+        return kv
+    return kv.codes.astype(dtype) * kv.scales[..., None].astype(dtype)
 
 
 def step_layout(cache: KVCache, segment_ids_BL: Array) -> tuple[Array, Array, Array]:
@@ -128,11 +198,35 @@ def advance(cache: KVCache, segment_ids_BL: Array) -> Array:
     return cache.lengths_B + (segment_ids_BL != 0).sum(-1, dtype=jnp.int32)
 
 
-def write_layer(
-    kv_YBKSH: Array, layer: Array, new_BLKH: Array, positions_BL: Array
-) -> tuple[Array, Array]:
+def fill_prefix(kv_YBKSH: KV, prefix_YPKH: Array) -> KV:
+    """`kv_YBKSH` with slots 0..P-1 of every row and layer holding `prefix_YPKH` (prefix
+    tuning's keys or values, `llm.model.prime_cache`); an int8 cache quantizes them."""
+    P = prefix_YPKH.shape[1]
+    p_Y1KPH = jnp.swapaxes(prefix_YPKH, 1, 2)[:, None]
+    if not isinstance(kv_YBKSH, Int8KV):
+        return kv_YBKSH.at[:, :, :, :P].set(p_Y1KPH.astype(kv_YBKSH.dtype))
+    new = quantize(p_Y1KPH)
+    return Int8KV(
+        kv_YBKSH.codes.at[:, :, :, :P].set(new.codes),
+        kv_YBKSH.scales.at[:, :, :, :P].set(new.scales),
+    )
+
+
+def write_layer(kv_YBKSH: KV, layer: Array, new_BLKH: Array, positions_BL: Array) -> tuple[KV, KV]:
     """Stores one layer's new keys (or values) at slots positions_BL (slots past the end are
-    dropped); returns (the stacked cache, that layer's updated slice).
+    dropped); returns (the stacked cache, that layer's updated slice [B, K, S, H]). An int8
+    cache quantizes `new_BLKH` on the way in; its slice is an `Int8KV` that attention reads
+    through `dequantize`."""
+    if not isinstance(kv_YBKSH, Int8KV):
+        return _write(kv_YBKSH, layer, new_BLKH.astype(kv_YBKSH.dtype), positions_BL)
+    new = quantize(new_BLKH)
+    codes, codes_BKSH = _write(kv_YBKSH.codes, layer, new.codes, positions_BL)
+    scales, scales_BKS = _write(kv_YBKSH.scales, layer, new.scales, positions_BL)
+    return Int8KV(codes, scales), Int8KV(codes_BKSH, scales_BKS)
+
+
+def _write(c_YBKS_: Array, layer: Array, new_BLK_: Array, positions_BL: Array):
+    """`write_layer` of one array (trailing dims `_` after the slot: H, or none for scales).
 
     Under the layer scan (a traced `layer`) the layer is sliced out, updated and written
     back with a dynamic-update-slice, in place on the scan carry: scattering straight into
@@ -140,12 +234,11 @@ def write_layer(
     model, 256 slots). With a static layer (unrolled layers, `scan_layers=False` or the
     engine's per-layer weights) the scatter into the stack is itself in place.
     """
-    B = kv_YBKSH.shape[1]
+    B = c_YBKS_.shape[1]
     rows_B1 = jnp.arange(B, dtype=jnp.int32)[:, None]
-    new = new_BLKH.astype(kv_YBKSH.dtype)
     if isinstance(layer, int):  # unrolled layers: scatter into the stack, in place
-        kv_YBKSH = kv_YBKSH.at[layer, rows_B1, :, positions_BL].set(new, mode="drop")
-        return kv_YBKSH, kv_YBKSH[layer]
-    kv_BKSH = jax.lax.dynamic_index_in_dim(kv_YBKSH, layer, axis=0, keepdims=False)
-    kv_BKSH = kv_BKSH.at[rows_B1, :, positions_BL].set(new, mode="drop")
-    return jax.lax.dynamic_update_index_in_dim(kv_YBKSH, kv_BKSH, layer, axis=0), kv_BKSH
+        c_YBKS_ = c_YBKS_.at[layer, rows_B1, :, positions_BL].set(new_BLK_, mode="drop")
+        return c_YBKS_, c_YBKS_[layer]
+    c_BKS_ = jax.lax.dynamic_index_in_dim(c_YBKS_, layer, axis=0, keepdims=False)
+    c_BKS_ = c_BKS_.at[rows_B1, :, positions_BL].set(new_BLK_, mode="drop")
+    return jax.lax.dynamic_update_index_in_dim(c_YBKS_, c_BKS_, layer, axis=0), c_BKS_

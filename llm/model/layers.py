@@ -11,7 +11,9 @@ once, elsewhere: params are built abstractly (`nnx.eval_shape`) and materialised
 init whose `out_shardings` come from these names. The names live in each Param's
 `out_sharding` metadata and are read back by `llm.model.logical_axes`.
 
-Weights are stored in `param_dtype` and cast to the computation `dtype` where used.
+Weights are stored in `param_dtype` and cast to the computation `dtype` where used. A weight
+may also be a `llm.ops.quantized.QArray` (a quantized model, docs/compression.md): `Linear`
+then multiplies by it directly (`quantized.matmul`), never holding a float copy of it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.model import norms
+from llm.ops import quantized
 from llm.typing import Array
 
 
@@ -49,7 +52,14 @@ class Linear(nnx.Module):
     matmul over all leading axes ([B*L, D] @ [D, N*H]): XLA's CPU backend differentiates a
     3-D einsum into weight gradients contracted over two axes at once, which it runs about 3x
     slower than the same 2-D matmul (docs/LOG.md, "train step on CPU").
+
+    `record = True` (set on a merged module by llm/compress/calibration.py, which runs it
+    under `nnx.capture`) sows the matmul's input [M, K] as an `nnx.Intermediate` named
+    "inputs": the activations calibrated
+    compression methods (GPTQ, AWQ, Wanda, ...) read.
     """
+
+    record: bool = False
 
     def __init__(
         self,
@@ -70,10 +80,16 @@ class Linear(nnx.Module):
         self.b = param(rngs, zeros, bias_shape, bias_axes, param_dtype) if bias_shape else None
 
     def __call__(self, x: Array) -> Array:
-        w = self.w[...].astype(self.dtype)
+        w = self.w.get_value()
         lead, n_in = x.shape[: x.ndim - self.n_in], self.n_in
         in_size, out_shape = math.prod(w.shape[:n_in]), w.shape[n_in:]
-        y = x.astype(self.dtype).reshape(-1, in_size) @ w.reshape(in_size, -1)
+        x_MK = x.astype(self.dtype).reshape(-1, in_size)
+        if self.record:
+            self.sow(nnx.Intermediate, "inputs", x_MK)
+        if quantized.is_qarray(w):
+            y = quantized.matmul(x_MK, w)
+        else:
+            y = x_MK @ w.astype(self.dtype).reshape(in_size, -1)
         y = y.reshape(*lead, *out_shape)
         if self.b is not None:
             y = y + self.b[...].astype(self.dtype)

@@ -39,6 +39,7 @@ from llm.model.extras import SHARED, Extras, LayerExtras, bottleneck
 from llm.model.layers import dropout, make_norm, normal, param
 from llm.model.mlp import MLP
 from llm.model.outputs import LayerOutput, ModelOutput, merge_aux, sum_layers
+from llm.ops import quantized
 from llm.ops.masks import default_positions
 from llm.sharding.constraints import constrain
 from llm.typing import Array
@@ -235,7 +236,7 @@ class Transformer(nnx.Module):
         """Token embeddings (or the given ones) plus absolute position information."""
         cfg = self.cfg
         if x_BLD is None:
-            x_BLD = jnp.take(self.token_embed[...], tokens_BL, axis=0)
+            x_BLD = _lookup(self.token_embed.get_value(), tokens_BL)
         x_BLD = x_BLD.astype(cfg.dtype)
         if self.pos_embed is not None:
             x_BLD += jnp.take(self.pos_embed[...], positions_BL, axis=0).astype(cfg.dtype)
@@ -270,11 +271,18 @@ class Transformer(nnx.Module):
     def logits(self, x_BLD: Array) -> Array:
         """Output layer: the tied embedding (transposed) or the separate lm_head."""
         dtype = self.cfg.dtype
+        x_BLD = x_BLD.astype(dtype)
         if self.lm_head is None:
-            return jnp.einsum(
-                "BLD,VD->BLV", x_BLD.astype(dtype), self.token_embed[...].astype(dtype)
-            )
-        return jnp.einsum("BLD,DV->BLV", x_BLD.astype(dtype), self.lm_head[...].astype(dtype))
+            table_VD = self.token_embed.get_value()
+            if quantized.is_qarray(table_VD):
+                B, L, D = x_BLD.shape
+                return quantized.matmul_t(x_BLD.reshape(B * L, D), table_VD).reshape(B, L, -1)
+            return jnp.einsum("BLD,VD->BLV", x_BLD, table_VD.astype(dtype))
+        head_DV = self.lm_head.get_value()
+        if quantized.is_qarray(head_DV):
+            B, L, D = x_BLD.shape
+            return quantized.matmul(x_BLD.reshape(B * L, D), head_DV).reshape(B, L, -1)
+        return jnp.einsum("BLD,DV->BLV", x_BLD, head_DV.astype(dtype))
 
     def _run_blocks(
         self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, layers, extras: Extras
@@ -315,6 +323,13 @@ class Transformer(nnx.Module):
             carry, out = body(carry, (layer_state, i, jax.tree.map(lambda a, i=i: a[i], extras_Y)))
             outs.append(out)
         return carry, jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *outs)
+
+
+def _lookup(table_VD, tokens_BL: Array) -> Array:
+    """Embedding rows of a float or quantized (`QArray`) table."""
+    if quantized.is_qarray(table_VD):
+        return quantized.take(table_VD, tokens_BL)
+    return jnp.take(table_VD, tokens_BL, axis=0)
 
 
 def _slices(stacked, n_layers: int) -> list:

@@ -11,9 +11,9 @@ Design:
   weight's logical axes (llm/peft/qlora.py) and shard like it.
 - NF4, NormalFloat4 (Dettmers et al. 2023, QLoRA, arXiv:2305.14314, sec. 3): 16 levels at
   quantiles of N(0, 1), normalised to [-1, 1], with an exact zero. The levels are derived
-  here as the paper does (`nf4_levels`); a value x in a block with absmax a gets the code of
-  the level nearest x / a, and two 4-bit codes share a uint8 (the first in the high nibble,
-  as bitsandbytes packs them).
+  as the paper does (`nf4_levels`, in llm/ops/quantized.py with the packing); a value x in a
+  block with absmax a gets the code of the level nearest x / a, and two 4-bit codes share a
+  uint8 (the first in the high nibble, as bitsandbytes packs them).
 - int8: symmetric absmax (Dettmers et al. 2022, LLM.int8(), arXiv:2208.07339, sec. 2):
   code = round(127 x / a), an int8 in [-127, 127].
 - A quantised weight is a dict {format: codes, "scales": absmax per block}; the key names the
@@ -27,11 +27,16 @@ within a * max_gap / 2, max_gap the largest distance between adjacent levels (-1
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from llm.ops.quantized import (  # noqa: F401 (re-exported: the NF4 levels and packing live there)
+    NF4_LEVELS,
+    nf4_levels,
+    pack_nibbles,
+    unpack_nibbles,
+)
 
 FORMATS = ("nf4", "int8")
 SCALES = "scales"
@@ -39,23 +44,6 @@ INT8_MAX = 127
 INT8_STEP = np.float32(1 / INT8_MAX)  # dequantised value of code 1 (a multiply, not a divide)
 
 
-def nf4_levels() -> np.ndarray:
-    """The 16 NF4 levels, ascending, in float32 (QLoRA sec. 3, "4-bit NormalFloat").
-
-    The paper takes quantiles of N(0, 1) at evenly spaced probabilities, separately for the
-    negative half (2^3 = 8 levels with the zero) and the positive half (2^3 + 1 = 9 with the
-    zero) so that 0 is represented exactly, drops the duplicated zero and scales the levels to
-    [-1, 1]. The outermost probability is the mean of 1 - 1/(2*15) and 1 - 1/(2*16), which
-    keeps the extreme quantiles finite (bitsandbytes' `create_normal_map`, offset 0.9677)."""
-    offset = 0.5 * ((1 - 1 / (2 * 15)) + (1 - 1 / (2 * 16)))
-    inv = NormalDist().inv_cdf
-    positive = [inv(p) for p in np.linspace(offset, 0.5, 9)[:-1]]
-    negative = [-inv(p) for p in np.linspace(offset, 0.5, 8)[:-1]]
-    levels = np.sort(np.array([*positive, 0.0, *negative]))
-    return (levels / np.abs(levels).max()).astype(np.float32)
-
-
-NF4_LEVELS = nf4_levels()
 NF4_ZERO = int(np.flatnonzero(NF4_LEVELS == 0)[0])  # the code of the exact zero (7)
 NF4_MAX_GAP = float(np.max(np.diff(NF4_LEVELS)))  # largest distance between adjacent levels
 
@@ -81,18 +69,6 @@ def _blocks(x: jax.Array, block_size: int) -> tuple[jax.Array, jax.Array]:
 def _normalised(xb: jax.Array, absmax: jax.Array) -> jax.Array:
     """x / absmax per block, zero blocks left at zero (no 0 / 0)."""
     return xb / jnp.where(absmax == 0, 1.0, absmax)[..., None]
-
-
-def pack_nibbles(codes: jax.Array) -> jax.Array:
-    """uint8 codes in [0, 16) [..., n] -> uint8 [..., n/2], element 2i in the high nibble."""
-    pairs = codes.astype(jnp.uint8).reshape(*codes.shape[:-1], codes.shape[-1] // 2, 2)
-    return (pairs[..., 0] << 4) | pairs[..., 1]
-
-
-def unpack_nibbles(packed: jax.Array) -> jax.Array:
-    """The inverse of `pack_nibbles`: uint8 [..., m] -> codes uint8 [..., 2m]."""
-    pairs = jnp.stack([packed >> 4, packed & 0xF], axis=-1)
-    return pairs.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
 def quantize(x: jax.Array, fmt: str, block_size: int = 64) -> dict[str, jax.Array]:

@@ -36,6 +36,13 @@ adapters it is a copy of the adapter at its initialisation, which leaves the bas
 (LoRA's B starts at zero), so the reference is the base with the adapter switched off at
 the cost of the adapter's size, never a second base.
 
+Two frozen components change what the forward computes without adding trained leaves: a
+distillation teacher ("teacher", added by `llm.train.losses.distill.DistillLoss.components`,
+read only by that loss) and quantization-aware training ("qat", `train.qat`): a leafless
+`llm.compress.qat.QatSpec` whose static fields ride the tree's structure, applied by
+`model_params` after the adapters, so every loss sees the decoder's weights on the grid
+they will be served with while gradients reach the float weights (straight-through).
+
 The default (`Trainable()`) is pretraining: every decoder param trainable, nothing frozen.
 """
 
@@ -49,6 +56,9 @@ from typing import Any
 
 import jax
 
+from llm.compress import sparsity
+from llm.compress.qat import COMPONENT as QAT
+from llm.compress.qat import apply_qat, check_spec, qat_spec
 from llm.model import ModelOutput, abstract_params, forward, logical_axes
 from llm.model.extras import Extras, combine
 from llm.peft import ADAPTERS, FORWARD, METHODS
@@ -131,12 +141,15 @@ def merge(a: PyTree, b: PyTree, where: str = "") -> dict:
 
 def model_params(params: PyTree, frozen: PyTree) -> PyTree:
     """The decoder's full param tree: its trainable and frozen leaves merged back, then every
-    registered adapter component found in either tree applied to it (sorted by name)."""
+    registered adapter component found in either tree applied to it (sorted by name), then
+    the run's quantization-aware training spec, when it has one (component "qat")."""
     model = merge(params.get(MODEL, {}), frozen.get(MODEL, {}))
     for name in sorted(set(params) | set(frozen)):
         apply = ADAPTERS.get(name) if name != MODEL else None
         if apply is not None:
             model = apply(model, merge(params.get(name, {}), frozen.get(name, {}), f"{name}/"))
+    if QAT in frozen:
+        model = apply_qat(model, frozen[QAT])
     return model
 
 
@@ -273,7 +286,10 @@ def trainable_from_config(cfg: Any) -> Trainable:
     raise here, before any compile."""
     peft = cfg.peft
     if peft.method == "none":
-        return Trainable(freeze=tuple(cfg.train.freeze))
+        extra = {**sparsity_components(cfg), **qat_components(cfg)}
+        return Trainable(freeze=tuple(cfg.train.freeze), extra=extra)
+    qat_components(cfg)  # refuses train.qat beside an adapter
+    sparsity_components(cfg)  # refuses train.keep_sparsity beside an adapter
     if cfg.train.freeze:
         raise ValueError(
             f"train.freeze: {list(cfg.train.freeze)} with peft.method={peft.method}, which "
@@ -295,3 +311,54 @@ def trainable_from_config(cfg: Any) -> Trainable:
     if store is not None:
         store(model, axes)  # abstract: a matrix the storage cannot take raises here
     return Trainable(freeze=FREEZE_ALL, extra={method.component: adapter}, store=store)
+
+
+# --- pruning: train.keep_sparsity (llm/compress/sparsity.py) ---------------------------------
+
+
+def sparsity_components(cfg: Any) -> dict[str, Component]:
+    """{"mask": a frozen component} under `train.keep_sparsity`, else {}. The masks are the
+    nonzeros of the decoder the run starts from (init_from's pruned weights, read inside the
+    split), applied in `model_params`, so pruned weights get exactly zero gradients and
+    updates (see llm/compress/sparsity.py for which optimisers that holds for)."""
+    if not cfg.train.keep_sparsity:
+        return {}
+    if cfg.peft.method != "none":
+        raise ValueError(
+            f"train.keep_sparsity with peft.method={cfg.peft.method}: the adapter's merged "
+            "update would fill the frozen base's zeros; keep_sparsity is for full fine-tuning"
+        )
+    if cfg.optim.name == "muon":
+        raise ValueError(
+            "train.keep_sparsity with optim.name=muon: Muon orthogonalises whole gradient "
+            "matrices, so pruned weights would be updated; use adamw, adafactor, lion or sgd"
+        )
+    model_cfg = warm_start_config(cfg).model
+    mask = Component(
+        build=lambda key, tree: sparsity.masks_from_zeros(tree),
+        axes=sparsity.mask_axes(logical_axes(model_cfg)),
+        trainable=False,
+        from_model=True,
+    )
+    return {sparsity.NAME: mask}
+
+
+# --- quantization-aware training: train.qat (llm/compress/qat.py) ----------------------------
+
+
+def qat_components(cfg: Any) -> dict[str, Component]:
+    """{"qat": the run's QatSpec as a frozen, leafless component} under `train.qat`, else {}.
+    `model_params` fake-quantizes the targets with it in every forward (straight-through
+    gradients to the float weights); a target the grid cannot take raises here."""
+    qat = cfg.train.qat
+    if qat.fmt == "none":
+        return {}
+    if cfg.peft.method != "none":
+        raise ValueError(
+            f"train.qat with peft.method={cfg.peft.method}: QAT trains the decoder's own "
+            "weights toward the grid; use it with full fine-tuning or pretraining"
+        )
+    model_cfg = warm_start_config(cfg).model
+    spec = qat_spec(model_cfg, fmt=qat.fmt, bits=qat.bits, group=qat.group, targets=qat.targets)
+    check_spec(spec, abstract_params(model_cfg))
+    return {QAT: Component(build=lambda key: spec, axes=spec, trainable=False)}

@@ -21,8 +21,10 @@ import sys
 from pathlib import Path
 
 from llm.checkpoint import model_config_of
+from llm.checkpoint.load import quantization_of
 from llm.checkpoint.manager import CHECKPOINTS
 from llm.config import Config, ModelConfig, load_config
+from llm.model.quantized import MANIFEST
 
 RUN_FIELDS = (
     "embed_dropout",
@@ -44,6 +46,12 @@ def warm_start_config(cfg: Config) -> Config:
     if t.resume and own.is_file() and any((Path(t.run_dir) / CHECKPOINTS).glob("[0-9]*")):
         source = load_config(own)  # the run's record of what it started from
     else:
+        if quantization_of(t.init_from):
+            raise ValueError(
+                f"train.init_from: {t.init_from} holds a quantized model ({MANIFEST}); training "
+                "updates float weights: start from the float model it was made from (QLoRA, "
+                "peft.method=qlora, stores a frozen base quantized by itself)"
+            )
         source = model_config_of(t.init_from)
     for line in overridden(cfg.model, source.model):
         print(f"note: train.init_from: {line}", file=sys.stderr)

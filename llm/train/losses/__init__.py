@@ -22,6 +22,7 @@ from llm.ops.cross_entropy import (
 from llm.train.losses.base import Batch, Loss, LossFn, LossOutput, check_batch_leaves
 from llm.train.losses.causal_lm import CausalLMLoss
 from llm.train.losses.classification import ClassificationLoss
+from llm.train.losses.distill import DistillLoss
 from llm.train.losses.dpo import CDPOLoss, DPOLoss, IPOLoss, ORPOLoss, SimPOLoss
 from llm.train.losses.grpo import GRPOLoss
 from llm.train.losses.kto import KTOLoss
@@ -42,6 +43,7 @@ def register_loss(name: str, builder: Builder) -> None:
 register_loss("causal_lm", CausalLMLoss.from_config)
 register_loss("sft", SFTLoss.from_config)
 register_loss("classification", ClassificationLoss.from_config)
+register_loss("distill", DistillLoss.from_config)
 register_loss("dpo", DPOLoss.from_config)
 register_loss("cdpo", CDPOLoss.from_config)
 register_loss("ipo", IPOLoss.from_config)
@@ -68,6 +70,7 @@ __all__ = [
     "CausalLMLoss",
     "ClassificationLoss",
     "DPOLoss",
+    "DistillLoss",
     "GRPOLoss",
     "IPOLoss",
     "KTOLoss",
