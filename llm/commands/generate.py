@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--kv-cache", choices=("auto", "int8"), default=None,
                         help="KV-cache storage (model.kv_cache_dtype): auto = the activation "
                         "dtype; int8 = codes + a scale per cached vector, ~4x less memory "
-                        "(default: the model's config)")  # fmt: skip
+                        "than float32 (default: the model's config)")  # fmt: skip
     parser.set_defaults(func=run)
 
 

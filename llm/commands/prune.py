@@ -24,6 +24,9 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 KV_MODES = ("groups", "per_group")
 
 
+CALIB_DEFAULTS = {"n_calib": 64, "calib_len": 256, "seed": 0}  # the --calib-*/--seed defaults
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prune", help="pruning (magnitude, Wanda, SparseGPT, N:M, structured) of a model"
@@ -44,8 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--mlp", type=int_at_least(0), default=0, help="structured: MLP channels per layer")
     add("--kv-mode", choices=KV_MODES, default="groups",
         help="structured, GQA: remove whole KV groups or equal heads per group")  # fmt: skip
-    add("--calib-seqs", type=int_at_least(1), default=64, help="calibration sequences")
-    add("--calib-len", type=int_at_least(2), default=256, help="tokens per calibration sequence")
+    add(
+        "--calib-seqs",
+        type=int_at_least(1),
+        default=CALIB_DEFAULTS["n_calib"],
+        help="calibration sequences",
+    )
+    add(
+        "--calib-len",
+        type=int_at_least(2),
+        default=CALIB_DEFAULTS["calib_len"],
+        help="tokens per calibration sequence",
+    )
     add("--calib-corpus", default="shakespeare", help="corpus whose training split calibrates")
     add("--seed", type=int, default=0, help="which calibration windows are drawn")
     parser.set_defaults(func=run)
@@ -81,6 +94,9 @@ def spec_of(args: argparse.Namespace):
         (args.sparsity is not None and args.nm, "give --sparsity or --nm, not both"),
         (args.method != "sparsegpt" and (args.block != 128 or args.damp != 0.01),
          "--block/--damp are SparseGPT options"),
+        (args.method == "magnitude" and (calib != CALIB_DEFAULTS
+                                         or args.calib_corpus != "shakespeare"),
+         "magnitude pruning reads no calibration data: drop --calib-*/--seed"),
     ])  # fmt: skip
     extra = {"targets": args.targets} if args.targets else {}
     return PruneSpec(
@@ -128,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if calibrated:
         tokens_BL = calibration.calibration_tokens(
             model.tokenizer, n_seqs=spec.n_calib, seq_len=spec.calib_len, seed=spec.seed,
-            corpus=args.calib_corpus,
+            corpus=args.calib_corpus, data_cfg=cfg.data,
         )  # fmt: skip
     source = {"pruned_from": str(args.checkpoint), "prune": dataclasses.asdict(spec),
               "calib_corpus": args.calib_corpus if calibrated else None}  # fmt: skip

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if spec.method != "rtn":
         tokens_BL = calibration.calibration_tokens(
             model.tokenizer, n_seqs=spec.n_calib, seq_len=spec.calib_len, seed=spec.seed,
-            corpus=args.calib_corpus,
+            corpus=args.calib_corpus, data_cfg=cfg.data,
         )  # fmt: skip
     params = ptq.quantize_model(cfg.model, model.params, tokens_BL, spec)
     source = {"quantized_from": str(args.checkpoint), "ptq": dataclasses.asdict(spec),

@@ -5,6 +5,7 @@
 
 The quantized weight format itself lives below the model (llm/ops/quantized.py) so the forward
 pass consumes it directly; this package holds the methods that produce it (calibration, GPTQ,
-AWQ, SmoothQuant, quantization-aware training) and the pruning methods. It imports nothing here,
-so its modules can import the model, data and checkpoint layers without cycles.
+AWQ, SmoothQuant, quantization-aware training) and the pruning methods. It imports nothing here;
+its modules import the model, data, peft and inference layers, never llm.checkpoint (only the
+commands load models), because llm.checkpoint imports `sparsity` to register the pruning mask.
 """

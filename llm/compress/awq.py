@@ -26,9 +26,11 @@ salient rows coarser-grained relative to the quantization step (sec. 3.2). Desig
   cost K^2 N instead of M K N (M calibration tokens >> K). `search_scale_reference` is the
   plain numpy loop over the tokens it must equal.
 - Searches use the float layer's inputs (`calibration.linear_inputs`) and the float weights
-  before any other group's fold: per-output-column RTN is equivariant to scaling a column, so
-  the v -> o and up -> down folds (which scale v's and up's columns) do not change the
-  (attn_norm) or (mlp_norm) group's errors, and the order of folds does not matter.
+  before any other group's fold, as AutoAWQ's search does: the v -> o and up -> down folds
+  scale v's and up's output columns, which per-column RTN follows, but the attn_norm /
+  mlp_norm groups' errors are then weighted differently per column, so the folds are not
+  strictly independent of each other; each scale is the best for its group on the float
+  layer, not a joint optimum.
 - Weight clipping (the AWQ code's `auto_clip`): after the folds, each group of `group` weights
   of each output column is clamped to +-(1 - t) absmax for the t in {0, 0.05, ..., 0.45} that
   minimises that group's share of the output error, ||X_g (Q(clamp(w_g)) - w_g)||^2 (X_g the

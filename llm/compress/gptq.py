@@ -31,7 +31,8 @@ reference" below):
   loop, over the *natural* order of K. A permuted row still uses its own group's grid, so no
   per-row group index (`g_idx`) is stored and the format is exactly `llm.ops.quantized`'s.
   Without act-order the grids are static too (the reference recomputes them from the updated
-  weights at each group start; static grids keep one code path and are within noise of it).
+  weights at each group start; static grids keep one code path; how much that costs is not
+  measured here).
 - **Formats**: grids, codes and decoding are `llm.ops.quantized`'s (`choose_scales`,
   `encode`, `decode`), so a GPTQ code decodes exactly like an RTN one.
 

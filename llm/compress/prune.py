@@ -19,7 +19,8 @@ Methods (each on one weight viewed as a matrix w_KN, K = input features, N = out
 Calibrated methods run layer by layer (llm/compress/calibration.py), each layer calibrated on
 the outputs of the already-pruned layers before it (the sequential scheme of SparseGPT sec.
 3.5 and Wanda's code). Counts are exact: `round(sparsity * size)` weights per comparison
-group are pruned, ties going to the earlier position, so masks are deterministic.
+group are pruned, ties going to the earlier position, so masks are deterministic; except
+`--global`, which prunes every weight at or below one threshold (ties there all pruned).
 """
 
 from __future__ import annotations

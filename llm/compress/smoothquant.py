@@ -81,7 +81,13 @@ def smoothquant_layer(cfg: ModelConfig, layer: PyTree, x_BLD: Array, spec: PtqSp
         raise ValueError(
             f"smoothquant is W8A8: spec fmt={spec.fmt!r} bits={spec.bits}; want int8, 8 bits"
         )
-    for group, s_K in smoothquant_scales(cfg, layer, x_BLD, spec):
+    scales = smoothquant_scales(cfg, layer, x_BLD, spec)
+    if not scales:
+        raise ValueError(
+            "smoothquant folds its scales into the norm before the linears; this "
+            "model has none there (post-norm): nothing would be smoothed"
+        )
+    for group, s_K in scales:
         layer = fold_scale(layer, group, s_K)
     return quantize_block(cfg, layer, fmt="int8", bits=8, group=0, act_bits=8)
 

@@ -52,6 +52,14 @@ class PtqSpec:
             raise ValueError("quantize: smoothquant is W8A8: use --fmt int8 --bits 8")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"quantize: alpha {self.alpha} must lie in [0, 1]")
+        if self.damp < 0 or self.block < 1 or self.grid < 1:
+            raise ValueError(f"quantize: need damp >= 0, block >= 1, grid >= 1 (got "
+                             f"{self.damp}, {self.block}, {self.grid})")  # fmt: skip
+        if self.method == "smoothquant" and self.group != 0:
+            raise ValueError(
+                "quantize: smoothquant's int8 x int8 product needs one weight "
+                "scale per output channel: group 0"
+            )
         if self.n_calib < 1 or self.calib_len < 2:
             raise ValueError("quantize: need at least one calibration sequence of >= 2 tokens")
 

@@ -71,6 +71,11 @@ def shrunk_config(cfg: ModelConfig, spec: StructuredSpec) -> ModelConfig:
     """The model config after removing `spec.heads` heads and `spec.mlp` channels per layer."""
     n_q, n_kv = cfg.n_heads, cfg.kv_heads
     group = n_q // n_kv
+    if spec.heads and cfg.pos_encoding == "alibi":
+        raise ValueError(
+            "prune: ALiBi's slopes follow the head count (llm/ops/masks.py), so "
+            "removing heads would change the kept heads' biases; prune --mlp only"
+        )
     if spec.heads >= n_q or spec.mlp >= cfg.d_ff:
         raise ValueError(f"prune: cannot remove {spec.heads} of {n_q} heads / {spec.mlp} of "
                          f"{cfg.d_ff} MLP channels: something must remain")  # fmt: skip

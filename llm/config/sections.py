@@ -72,6 +72,7 @@ class QatConfig:
     targets: str = r"^blocks/(attn|mlp)/\w+/w$"  # regex on weight paths fake-quantized
 
     def __post_init__(self) -> None:
+        check(self.fmt != "none" or self.bits is None, "bits", "is set but qat.fmt is none")
         if self.fmt != "none" and self.bits is not None:
             allowed = QAT_BITS[self.fmt]
             check(self.bits in allowed, "bits", f"{self.fmt} takes bits {allowed}, not {self.bits}")

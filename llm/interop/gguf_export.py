@@ -203,7 +203,8 @@ def export_gguf(
     tok = tokenizer_metadata(config.data.tokenizer, tokenizer_dir, cfg.vocab_size)
     total = 3 - int(cfg.tie_embeddings) + 9 * cfg.n_layers  # globals (token_embd, ...) + blocks
     tensors = tqdm(gguf_tensors(cfg, params), total=total, desc=f"GGUF {kind}", leave=False)
-    encoded = ((n, *encode_tensor(w, embed_kind if n in EMBEDDINGS else kind)) for n, w in tensors)
+    asked = lambda n: embed_kind if n in EMBEDDINGS else kind  # noqa: E731
+    encoded = ((n, *encode_tensor(w, asked(n)), asked(n)) for n, w in tensors)
     return write_gguf(out_path, cfg, tok, encoded, kind=kind, name=name)
 
 
@@ -211,7 +212,7 @@ def write_gguf(
     out_path: str | Path,
     cfg: ModelConfig,
     tok: dict[str, Any],
-    tensors: Iterable[tuple[str, np.ndarray, Any]],
+    tensors: Iterable[tuple[str, np.ndarray, Any, str]],  # (name, data, GGML type, asked kind)
     *,
     kind: str,
     name: str | None = None,
@@ -227,9 +228,9 @@ def write_gguf(
     _write_metadata(writer, cfg, tok, kind, name or out.stem)
     types: dict[str, int] = {}
     fallback = []
-    for tname, data, qtype in tensors:
-        if data.ndim == 2 and kind in ("q8_0", "q4_0") and qtype.name == "F16":
-            fallback.append(tname)
+    for tname, data, qtype, asked in tensors:
+        if data.ndim == 2 and asked in ("q8_0", "q4_0") and qtype.name == "F16":
+            fallback.append(tname)  # rows are not whole blocks: stored F16
         types[qtype.name] = types.get(qtype.name, 0) + 1
         writer.add_tensor(tname, data, raw_dtype=qtype)
     writer.write_header_to_file()

@@ -175,7 +175,8 @@ def dequantize(kv: KV, dtype) -> Array:
     """The values `kv` holds, in `dtype` (a float array is returned as it is)."""
     if not isinstance(kv, Int8KV):
         return kv
-    return kv.codes.astype(dtype) * kv.scales[..., None].astype(dtype)
+    # multiplied in float32, rounded to `dtype` once
+    return (kv.codes.astype(jnp.float32) * kv.scales[..., None].astype(jnp.float32)).astype(dtype)
 
 
 def step_layout(cache: KVCache, segment_ids_BL: Array) -> tuple[Array, Array, Array]:

@@ -13,7 +13,8 @@ init whose `out_shardings` come from these names. The names live in each Param's
 
 Weights are stored in `param_dtype` and cast to the computation `dtype` where used. A weight
 may also be a `llm.ops.quantized.QArray` (a quantized model, docs/compression.md): `Linear`
-then multiplies by it directly (`quantized.matmul`), never holding a float copy of it.
+then multiplies by it with `quantized.matmul` (for a few rows, decoding, without a float copy
+of the weight; for more rows and NF4 through the dequantized weight, made inside the step).
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ On disk (an `llm convert`-style model directory, llm/interop/model_dir.py) a QAr
 as the plain dict {"codes", "scales"[, "offsets"]} (`storable`), and its static fields as a
 JSON manifest (quantization.json, `manifest`), from which `abstract_quantized` rebuilds the
 tree orbax restores into. Logical axes (`quantized_axes`): the codes keep the weight's axes (a
-4-bit weight's last axis is halved by the packing and stays divisible by an even mesh split);
-the scales keep the lead and output axes, and their short groups axis is never sharded.
+4-bit weight's last axis is halved by the packing, so a split of n devices along it needs the
+axis divisible by 2n); the scales keep the lead and output axes, and their short groups axis
+is never sharded. Nothing places a quantized model on a mesh yet: eval, generate and serve
+load it onto one device (`load_model` accepts quantized-shaped shardings).
 """
 
 from __future__ import annotations

@@ -229,6 +229,9 @@ def from_codes(
         raise ValueError(f"quantize: offsets are for uint4 only (format {fmt})")
     if act_bits not in (None, 8) or (act_bits and fmt != "int8"):
         raise ValueError(f"quantize: act_bits={act_bits} needs int8 weights and must be 8")
+    K = math.prod(shape[len(shape) - n_in - n_out : len(shape) - n_out])
+    if act_bits and g != K:
+        raise ValueError(f"quantize: W8A8 needs one scale per output channel (group {g} < K {K})")
     stored = codes.astype(jnp.int8) if fmt == "int8" else pack_nibbles(codes - lo)
     return QArray(stored, scales, offsets, fmt, bits, g, n_in, n_out, str(jnp.dtype(dtype)),
                   act_bits)  # fmt: skip
@@ -260,7 +263,8 @@ FUSED_ROWS = 4
 def matmul(x_MK: Array, q: QArray) -> Array:
     """x @ W[K, N] for a QArray without lead axes, in x's dtype (`Linear`'s product).
 
-    Equal to `x @ dequantize(q)` up to float rounding (the sums run in another order). How
+    Equal to `x @ dequantize(q)` up to float rounding (the sums run in another order), except
+    with `act_bits=8`, where the activations are rounded to int8 first (W8A8). How
     XLA:CPU is made to read the codes, not a float copy, is in `_multiply_reduce`."""
     if q.lead_shape:
         raise ValueError(f"matmul: a QArray with lead axes {q.lead_shape} is a stack; slice it")

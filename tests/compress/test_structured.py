@@ -95,6 +95,11 @@ def test_impossible_counts_are_refused_by_name():
         StructuredSpec()
     small = shrunk_config(dataclasses.replace(cfg, n_kv_heads=None), StructuredSpec(heads=1))
     assert (small.n_heads, small.kv_heads, small.head_dim) == (3, 3, 16)
+    # ALiBi's slopes are a function of the head count: removing heads would change the rest
+    alibi = dataclasses.replace(cfg, n_kv_heads=None, pos_encoding="alibi")
+    with pytest.raises(ValueError, match="ALiBi"):
+        shrunk_config(alibi, StructuredSpec(heads=1))
+    assert shrunk_config(alibi, StructuredSpec(mlp=8)).d_ff == cfg.d_ff - 8
 
 
 @pytest.mark.slow  # the command's load, calibration and save: ~60 s on a loaded 2-core VM

@@ -59,7 +59,12 @@ def stored_type(name: str):
 def write_mixed_gguf(cfg, params, path) -> None:
     tok = tokenizer_metadata("byte", None, cfg.vocab_size)
     tensors = (
-        (name, gguf.quants.quantize(w, stored_type(name)), stored_type(name))
+        (
+            name,
+            gguf.quants.quantize(w, stored_type(name)),
+            stored_type(name),
+            stored_type(name).name.lower(),
+        )
         for name, w in gguf_tensors(cfg, params)
     )
     write_gguf(path, cfg, tok, tensors, kind="q8_0")

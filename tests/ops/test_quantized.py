@@ -35,8 +35,7 @@ def test_round_trip_error_within_half_a_step(fmt, bits):
     qa = q.quantize(w_KN, fmt=fmt, bits=bits, group=64, n_in=1, n_out=1)
     err = np.abs(np.asarray(q.dequantize(qa)) - np.asarray(w_KN)).reshape(4, 64, 24).max(1)
     assert (err <= _bound(np.asarray(w_KN).reshape(4, 64, 24), fmt, bits)).all()
-    # and the grid is used: a coarser format has a larger error (no silent float pass-through)
-    assert err.max() > 0
+    assert err.max() > 0  # the grid is used (no silent float pass-through)
 
 
 @pytest.mark.parametrize("fmt,bits", CASES)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from train_fixtures import SyntheticBatches, tiny_config
 
+from llm.compress.seqkd import sequence_kd
 from llm.config import DataConfig, ModelConfig, load_config, save_config
 from llm.data.sft import read_records
 from llm.interop.model_dir import save_model
@@ -28,7 +29,6 @@ from llm.train.losses.distill import (
     TopKBatches,
     kd_token_loss,
     kd_topk_token_loss,
-    sequence_kd,
     teacher_model,
     write_teacher_topk,
 )

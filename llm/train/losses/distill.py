@@ -27,7 +27,8 @@ Per unmasked token, with p = softmax(teacher / T) and q = softmax(student / T):
     distribution is coarsened into the same buckets (its tail: logsumexp over the other
     ids). The loss is the exact KL of these coarsened distributions, a lower bound of the
     full KL (data processing), and equal to it when k is the vocabulary size.
-  * Sequence-level KD (Kim & Rush 2016, arXiv:1606.07947, sec. 3.2): `sequence_kd` writes
+  * Sequence-level KD (Kim & Rush 2016, arXiv:1606.07947, sec. 3.2): `sequence_kd`
+    (llm/compress/seqkd.py: it runs the inference engine, which training never imports) writes
     the teacher's greedy answers to prompts as SFT chat JSONL (llm/data/sft.py), on which
     the student is then fine-tuned with plain `loss.name=sft`. Kim & Rush decode with beam
     search (width 5); greedy is beam width 1.
@@ -41,9 +42,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,8 @@ from tqdm import tqdm
 from llm.checkpoint import load_model, model_config_of
 from llm.config import ModelConfig
 from llm.config.loss import DistillLossConfig
-from llm.inference.engine import Engine, StopCriteria
-from llm.inference.loading import chat_stops
-from llm.inference.sampling import GREEDY
 from llm.model import forward, logical_axes
 from llm.ops.cross_entropy import token_losses
-from llm.tokenizers.chat import apply_chat
 from llm.train.losses.base import Batch, Loss, LossOutput, Put
 from llm.train.losses.causal_lm import LM_AXES, LM_LEAVES, CausalLMLoss
 from llm.train.trainable import Component, model_forward
@@ -102,8 +98,10 @@ def kd_topk_token_loss(
         b, l = jnp.arange(B)[:, None, None], jnp.arange(L)[None, :, None]
         rest_BLV = z_BLV.at[b, l, ids_BLk].set(-jnp.inf)
         logq_tail = jax.nn.logsumexp(rest_BLV, axis=-1, keepdims=True) - lse_BL1
-        p_tail = 1.0 - jnp.sum(jnp.exp(logp_BLk), axis=-1, keepdims=True)
-        logp_tail = jnp.maximum(jnp.log(jnp.maximum(p_tail, 0.0)), LOG_TAIL_FLOOR)
+        # log(1 - sum p_k) as log(-expm1(log sum p_k)): exact for a small tail, where
+        # 1 - sum would cancel to rounding noise; an empty tail (sum >= 1) hits the floor
+        mass_BL1 = jnp.minimum(jax.nn.logsumexp(logp_BLk, axis=-1, keepdims=True), 0.0)
+        logp_tail = jnp.maximum(jnp.log(-jnp.expm1(mass_BL1)), LOG_TAIL_FLOOR)
         logq_BLk = jnp.concatenate([logq_BLk, logq_tail], axis=-1)
         logp_BLk = jnp.concatenate([logp_BLk, logp_tail], axis=-1)
     return temperature**2 * _kl(logp_BLk, logq_BLk, direction)
@@ -291,31 +289,3 @@ class TopKBatches:
 
     def set_state(self, state: dict[str, int]) -> None:
         self.index = int(state["next_batch"])
-
-
-def sequence_kd(
-    teacher: ModelConfig,
-    params: PyTree,
-    tokenizer: Any,
-    conversations: Sequence[Sequence[Mapping[str, str]]],
-    out: str | Path,
-    *,
-    max_new_tokens: int = 128,
-    batch_size: int = 16,
-) -> int:
-    """The teacher's greedy answer to each conversation (ending before the assistant's turn)
-    appended as the assistant turn, written as SFT chat JSONL to `out`; returns the count."""
-    prompts = [apply_chat(tokenizer, list(c), add_generation_prompt=True) for c in conversations]
-    longest = max(map(len, prompts), default=0) + max_new_tokens
-    if longest > teacher.max_seq_len:
-        raise ValueError(f"a prompt plus max_new_tokens={max_new_tokens} is {longest} tokens, "
-                         f"over the teacher's context of {teacher.max_seq_len}")  # fmt: skip
-    engine = Engine(teacher, params, tokenizer, max_len=longest)
-    stop = StopCriteria(max_new_tokens, *chat_stops(tokenizer))
-    with Path(out).open("w") as f:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="sequence KD", unit="batch"):
-            done = engine.generate(prompts[start : start + batch_size], GREEDY, stop)
-            for conv, c in zip(conversations[start : start + batch_size], done, strict=True):
-                messages = [*map(dict, conv), {"role": "assistant", "content": c.text.strip()}]
-                f.write(json.dumps({"messages": messages}) + "\n")
-    return len(prompts)
