@@ -35,7 +35,7 @@ from llm.config import DataConfig, ModelConfig
 from llm.data import prepare_documents, split_documents
 from llm.model.functional import abstract_model
 from llm.model.layers import Linear
-from llm.model.quantized import BLOCK_LINEARS, weight_layouts
+from llm.model.quantized import BLOCK_LINEARS, get_path, weight_layouts  # noqa: F401 (get_path re-exported)
 from llm.ops.masks import default_positions
 from llm.typing import Array, PyTree
 
@@ -101,15 +101,6 @@ def block_layouts(cfg: ModelConfig, targets: str = BLOCK_LINEARS) -> dict[str, t
         for path, layout in weight_layouts(cfg).items()
         if path.startswith("blocks/") and re.search(targets, path)
     }
-
-
-def get_path(tree: PyTree, path: str) -> Any:
-    """The node at `path` ("attn/q/w") of a nested dict, or None if it has none."""
-    for key in path.split("/"):
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
 
 
 def set_path(tree: PyTree, path: str, value: Any) -> dict:

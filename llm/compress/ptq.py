@@ -36,8 +36,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llm.compress import calibration
-from llm.compress.awq import awq_layer
-from llm.compress.gptq import block_linears, get_path, gptq_layer, set_path
+from llm.compress.awq import awq_layer, quantize_block
+from llm.compress.gptq import block_linears, get_path, gptq_layer
 from llm.compress.smoothquant import smoothquant_layer
 from llm.compress.spec import LayerMethod, PtqSpec
 from llm.config import ModelConfig
@@ -50,11 +50,8 @@ from llm.typing import Array, PyTree
 def rtn_layer(cfg: ModelConfig, layer: PyTree, x_BLD: Array, spec: PtqSpec) -> PyTree:
     """One block with every Linear rounded to nearest (x_BLD unused). A `LayerMethod`."""
     del x_BLD
-    for path, (n_in, n_out) in block_linears(cfg, layer).items():
-        w = get_path(layer, path)
-        q = qz.quantize(w, fmt=spec.fmt, bits=spec.bits, group=spec.group, n_in=n_in, n_out=n_out)
-        layer = set_path(layer, path, q)
-    return layer
+    block_linears(cfg, layer)  # every block Linear of the config is in the tree
+    return quantize_block(cfg, layer, fmt=spec.fmt, bits=spec.bits, group=spec.group)
 
 
 METHODS: dict[str, LayerMethod] = {

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from llm.config import Config, ModelConfig
-from llm.interop.gguf import TENSOR_NAMES, model_config_from_gguf
+from llm.interop.gguf import BLOCK, TENSOR_NAMES, model_config_from_gguf
 from llm.interop.gguf_tokenizer import PRE_TOKENIZERS
 from llm.interop.hf_config import UnsupportedConfig
 from llm.interop.hf_weights import hf_tensors
@@ -61,7 +61,6 @@ NOT_STORED = (
 )
 PRE_NAMES = ("gpt-2", "smollm", "llama-bpe", "qwen2")  # preferred spelling of each regex
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5  # llama.cpp token types
-BLOCK = 32  # values per block of Q8_0 and Q4_0
 EMBEDDINGS = ("token_embd.weight", "output.weight")  # typed by `embed_kind`
 
 

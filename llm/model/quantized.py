@@ -170,7 +170,7 @@ def quantized_axes(axes: PyTree, spec: dict[str, dict[str, Any]]) -> PyTree:
 
 def _replace(tree: PyTree, spec: dict[str, dict[str, Any]], make) -> PyTree:
     """`tree` with the node at each manifest path replaced by make(node, its spec)."""
-    missing = [name for name in spec if _get(tree, name) is None]
+    missing = [name for name in spec if get_path(tree, name) is None]
     if missing:
         raise ValueError(f"quantization manifest names weights the model lacks: {missing}")
 
@@ -184,7 +184,8 @@ def _replace(tree: PyTree, spec: dict[str, dict[str, Any]], make) -> PyTree:
     return walk(tree, "")
 
 
-def _get(tree: PyTree, name: str) -> Any:
+def get_path(tree: PyTree, name: str) -> Any:
+    """The node at `name` ("blocks/attn/q/w") of a nested dict, or None if it has none."""
     for key in name.split("/"):
         if not isinstance(tree, dict) or key not in tree:
             return None
