@@ -13,6 +13,8 @@ Normalization = Literal["NFC", "NFKC", "none"]
 EncodingErrors = Literal["strict", "replace"]
 Objective = Literal["causal", "mlm"]
 Overlong = Literal["error", "skip"]
+Order = Literal["shuffled", "streams"]
+PACKED_FORMATS = ("auto", "txt", "jsonl", "parquet", "hf")  # formats packed into rows
 
 
 @config_class
@@ -53,6 +55,10 @@ class DataConfig:
     objective: Objective = "causal"  # causal LM batches, or BERT-style masked LM (80/10/10)
     mlm_rate: float = 0.15  # fraction of tokens selected for masked-LM prediction
     sft_overlong: Overlong = "error"  # chat example longer than seq_len: error, or skip+count
+    # train row order: shuffled = rows shuffled every epoch; streams = the packed rows cut into
+    # train.batch_size contiguous streams, batch k row b = k-th row of stream b (Zaremba et al.
+    # 2014), with a `continues` [B] leaf; what train.tbptt needs (llm/data/streams.py)
+    order: Order = "shuffled"
     read_threads: int = 2  # grain threads that read and pack rows in the background
     prefetch: int = 8  # batches grain prepares ahead of the training step
 
@@ -85,6 +91,13 @@ class DataConfig:
             self.format not in ("preference", "prompts") or self.objective == "causal",
             "objective",
             f"data.format={self.format} is for causal decoders; use objective=causal",
+        )
+        check(
+            self.order == "shuffled"
+            or (self.format in PACKED_FORMATS and self.objective == "causal"),
+            "order",
+            f"streams cuts packed causal-LM rows into streams; data.format={self.format} with "
+            f"objective={self.objective} has no such rows (use order=shuffled)",
         )
         check(0.0 < self.mlm_rate < 1.0, "mlm_rate", "must be in (0, 1)")
         check(self.read_threads >= 0, "read_threads", "must be non-negative")

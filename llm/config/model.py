@@ -15,14 +15,21 @@ AttentionImpl = Literal["xla", "xla_flash", "jax", "cudnn", "pallas", "auto"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 DType = Literal["float32", "bfloat16", "float16"]
 KVCacheDType = Literal["auto", "int8"]
+Arch = Literal["transformer", "ngram_mlp", "rnn", "lstm", "gru"]
+RECURRENT_ARCHS = ("rnn", "lstm", "gru")
 
 GATED_ACTIVATIONS = ("swiglu", "geglu")
 
 
 @config_class
 class ModelConfig:
-    """Architecture of the decoder-only Transformer (sizes in elements unless noted)."""
+    """Architecture of the decoder-only Transformer (sizes in elements unless noted), or of a
+    classical baseline language model (`arch`): those read vocab_size, d_model, n_layers, d_ff,
+    the dropouts, init_std, tie_embeddings, dtype and param_dtype, and their own fields below."""
 
+    # transformer: llm/model/transformer.py; ngram_mlp: Bengio et al. 2003 (llm/model/ngram_mlp.py);
+    # rnn / lstm / gru: stacked recurrent LMs with torch's cell equations (llm/model/recurrent.py)
+    arch: Arch = "transformer"
     vocab_size: int = 259  # token ids covered by embedding and output (259 = bytes + PAD/BOS/EOS)
     d_model: int = 128  # width of the residual stream
     n_layers: int = 2  # number of Transformer blocks
@@ -63,29 +70,15 @@ class ModelConfig:
     remat: RematPolicy = "none"  # activation recomputation per block: none|full|dots|dots_no_batch
     scan_layers: bool = True  # lax.scan over stacked blocks (compile O(1) in depth); false: unroll
     kv_cache_dtype: KVCacheDType = "auto"  # decode cache: auto = dtype; int8 = codes + scale/token
+    rnn_bidirectional: bool = False  # rnn/lstm/gru: also read right-to-left (an encoder, not an LM)
+    ngram_context: int = 4  # ngram_mlp: previous tokens the model reads (n - 1 of an n-gram)
+    ngram_direct: bool = False  # ngram_mlp: Bengio's direct embedding -> output connections
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
-        check(
-            self.head_dim is not None or self.d_model % self.n_heads == 0,
-            "n_heads",
-            f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
-            "(set head_dim explicitly to decouple them)",
-        )
-        check(self.head_dim is None or self.head_dim > 0, "head_dim", "must be positive")
-        kv = self.kv_heads
-        check(kv > 0, "n_kv_heads", f"must be positive, got {kv}")
-        check(
-            self.n_heads % kv == 0,
-            "n_kv_heads",
-            f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv}",
-        )
-        check(
-            self.pos_encoding != "rope" or self.head_size % 2 == 0,
-            "head_dim",
-            f"RoPE needs an even head_dim, got {self.head_size}",
-        )
+        if self.arch == "transformer":  # the baselines have no attention heads
+            self._check_heads()
         check(
             self.pos_encoding != "sinusoidal" or self.d_model % 2 == 0,
             "d_model",
@@ -118,6 +111,35 @@ class ModelConfig:
             rate = getattr(self, key)
             check(0.0 <= rate < 1.0, key, f"must be in [0, 1), got {rate}")
         check(self.init_std > 0, "init_std", "must be positive")
+        check(
+            self.ngram_context > 0, "ngram_context", f"must be positive, got {self.ngram_context}"
+        )
+        check(
+            not self.rnn_bidirectional or self.arch in RECURRENT_ARCHS,
+            "rnn_bidirectional",
+            f"needs arch rnn, lstm or gru, got {self.arch!r}",
+        )
+
+    def _check_heads(self) -> None:
+        check(
+            self.head_dim is not None or self.d_model % self.n_heads == 0,
+            "n_heads",
+            f"d_model={self.d_model} is not divisible by n_heads={self.n_heads} "
+            "(set head_dim explicitly to decouple them)",
+        )
+        check(self.head_dim is None or self.head_dim > 0, "head_dim", "must be positive")
+        kv = self.kv_heads
+        check(kv > 0, "n_kv_heads", f"must be positive, got {kv}")
+        check(
+            self.n_heads % kv == 0,
+            "n_kv_heads",
+            f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv}",
+        )
+        check(
+            self.pos_encoding != "rope" or self.head_size % 2 == 0,
+            "head_dim",
+            f"RoPE needs an even head_dim, got {self.head_size}",
+        )
 
     @property
     def kv_heads(self) -> int:
@@ -126,6 +148,10 @@ class ModelConfig:
     @property
     def head_size(self) -> int:
         return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def recurrent(self) -> bool:
+        return self.arch in RECURRENT_ARCHS
 
     @property
     def gated(self) -> bool:

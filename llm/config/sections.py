@@ -117,6 +117,9 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # regexes on model param paths ("blocks/attn/q/w") kept frozen
     keep_sparsity: bool = False  # keep init_from's exact zeros (`llm prune`): a frozen mask
     qat: QatConfig = dataclasses.field(default_factory=QatConfig)  # quantization-aware training
+    # truncated BPTT: rnn/lstm/gru carry each stream's recurrent state from step to step in the
+    # TrainState (gradients stop at the batch boundary); needs data.order=streams
+    tbptt: bool = False
 
     def __post_init__(self) -> None:
         for key in (

@@ -3,6 +3,7 @@
 The grain pipeline, all of it random access (`MapDataset`), so that one integer is the state:
 
     train:       range(rows).shuffle(seed).repeat()  # new row order every epoch
+    or, with data.order=streams: range(B S).repeat() -> stream row  # llm/data/streams.py
     validation:  range(rows rounded up to a global batch)  # one pass; extra rows are padding
     -> map(packed row) [-> random_map(MLM masking)] -> batch(B / P) -> [p::P]
 
@@ -10,7 +11,8 @@ Global batch k is rows [k B, (k + 1) B) of that stream; process p of P takes the
 block [k B + p B / P, k B + (p + 1) B / P) and reads only those rows from disk. The blocks of
 all processes, in process order, are exactly the single-process global batch, so a checkpoint
 taken with P processes resumes exactly with any P' that divides B. The iterator state is
-`{"next_batch": k}` plus identity fields (seed, shapes, data fingerprint) checked on restore.
+`{"next_batch": k}` plus identity fields (seed, shapes, data fingerprint, and the order when it
+is not the default) checked on restore.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from llm.data.objectives import mlm_mask, mlm_mask_id
 from llm.data.packing import PackedRows
 from llm.data.preference import preference_dataset
 from llm.data.sft import sft_dataset
+from llm.data.streams import StreamRows, with_fresh_state
 from llm.data.tokenized import OOD_SPLIT, load_shards
 from llm.tokenizers import Tokenizer
 
@@ -99,6 +102,8 @@ def make_batches(
         "data": key,
         "process_count": process_count,
     }
+    if cfg.data.order != "shuffled":  # absent by default: older saved states still restore
+        identity["order"] = cfg.data.order
     options = grain.ReadOptions(
         num_threads=cfg.data.read_threads, prefetch_buffer_size=cfg.data.prefetch
     )
@@ -113,11 +118,17 @@ def batch_dataset(cfg: Config, split, shard, tokenizer, process_index, process_c
         rows = PackedRows(shard, L, tokenizer.pad_id, order)
         if len(rows) == 0:
             raise ValueError("the train split has no tokens")
-        indices = grain.MapDataset.range(len(rows)).shuffle(seed=seed).repeat(None)
+        if cfg.data.order == "streams":
+            streams = StreamRows(rows, B)
+            ds = grain.MapDataset.range(len(streams)).repeat(None).map(streams.__getitem__)
+        else:
+            indices = grain.MapDataset.range(len(rows)).shuffle(seed=seed).repeat(None)
+            ds = indices.map(rows.__getitem__)
     else:
         rows = PackedRows(shard, L, tokenizer.pad_id, np.arange(shard.num_docs))
-        indices = grain.MapDataset.range(-(-len(rows) // B) * B)
-    ds = indices.map(rows.__getitem__)
+        ds = grain.MapDataset.range(-(-len(rows) // B) * B).map(rows.__getitem__)
+        if cfg.data.order == "streams":  # the same leaves as training: each row from zero
+            ds = ds.map(with_fresh_state)
     if cfg.data.objective == "mlm":
         mask_id = mlm_mask_id(tokenizer)
         transform = functools.partial(

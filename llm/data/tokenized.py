@@ -31,6 +31,7 @@ from llm.tokenizers.long_text import CHUNK_CHARS, encode_pieces
 # DataConfig fields that do not change the tokens of any split (only how batches are drawn).
 _BATCH_ONLY_FIELDS = {
     "objective",
+    "order",
     "mlm_rate",
     "read_threads",
     "prefetch",

@@ -27,7 +27,7 @@ import numpy as np
 from llm.inference import sampling
 from llm.inference.engine import DecodeState, Engine
 from llm.model import forward
-from llm.model.cache import Cache
+from llm.model.cache import Cache, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,15 @@ def beam_search(
 
 
 def _first_logprobs(engine: Engine, state: DecodeState, prompt) -> np.ndarray:
-    """Log-probabilities after the prompt: recompute the last position against the cache."""
+    """Log-probabilities after the prompt: recompute the last position against the cache
+    (a recurrent model's state keeps no history to roll back: it reruns the prompt's
+    start, then the last token, from an empty cache)."""
+    if engine.cfg.recurrent:
+        head = engine.prefill([prompt[:-1]], [sampling.GREEDY]) if len(prompt) > 1 else None
+        one = head.cache if head else init_cache(engine.cfg, 1, engine.max_len)
+        logprobs, _ = _advance(engine.cfg, engine.params, one, jnp.zeros((1,), jnp.int32),
+                               jnp.asarray([prompt[-1]], jnp.int32))  # fmt: skip
+        return np.asarray(logprobs[0])
     one = state.cache.select_rows(jnp.zeros((1,), jnp.int32))
     one = one.rollback(one.lengths_B - 1)
     logprobs, _ = _advance(engine.cfg, engine.params, one, jnp.zeros((1,), jnp.int32),

@@ -142,7 +142,8 @@ class Engine:
         # the decode layout: per-layer weight buffers, so decode steps read them in place
         self.cfg, self.params, self.tokenizer = cfg, unstack_layers(params), tokenizer
         self.max_len = max_len or cfg.max_seq_len
-        if cfg.pos_encoding == "learned" and self.max_len > cfg.max_seq_len:
+        learned = cfg.arch == "transformer" and cfg.pos_encoding == "learned"  # baselines: none
+        if learned and self.max_len > cfg.max_seq_len:
             raise ValueError(
                 f"max_len={self.max_len} exceeds the learned position table "
                 f"(model.max_seq_len={cfg.max_seq_len})"

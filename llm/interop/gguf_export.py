@@ -39,7 +39,7 @@ import numpy as np
 from llm.config import Config, ModelConfig
 from llm.interop.gguf import BLOCK, TENSOR_NAMES, model_config_from_gguf
 from llm.interop.gguf_tokenizer import PRE_TOKENIZERS
-from llm.interop.hf_config import UnsupportedConfig
+from llm.interop.hf_config import UnsupportedConfig, check_transformer
 from llm.interop.hf_weights import hf_tensors
 from llm.ops import quantized
 from llm.tokenizers.bytelevel import byte_alphabet
@@ -106,6 +106,7 @@ def llama_metadata(cfg: ModelConfig) -> dict[str, Any]:
 
 def check_exportable(cfg: ModelConfig) -> None:
     """Refuses a model the importer would read back as a different architecture."""
+    check_transformer(cfg, "GGUF export")
     if cfg.activation != "swiglu" or cfg.norm != "rmsnorm" or cfg.pos_encoding != "rope":
         raise UnsupportedConfig(
             f"GGUF export writes llama models (swiglu, rmsnorm, rope); this one has "

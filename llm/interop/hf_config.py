@@ -222,8 +222,19 @@ def _gpt2_fields(f: _Fields, model_type: str) -> dict[str, Any]:
     )
 
 
+def check_transformer(cfg: ModelConfig, what: str) -> None:
+    """Refuses the classical baselines (`model.arch`): the formats we write (Hugging Face
+    GPT-2 / Llama, GGUF llama) are Transformers, and no reader would compute the baseline."""
+    if cfg.arch != "transformer":
+        raise UnsupportedConfig(
+            f"{what} writes Transformer architectures (GPT-2, Llama); model.arch="
+            f"{cfg.arch!r} has no such counterpart: keep the checkpoint in our format"
+        )
+
+
 def hf_model_type(cfg: ModelConfig) -> str:
     """The Hugging Face architecture that computes exactly what `cfg` computes."""
+    check_transformer(cfg, "Hugging Face export")
     if _is_gpt2(cfg):
         return "gpt2"
     problems = [

@@ -11,6 +11,18 @@ A dense kernel that computes the whole L x L score matrix (XLA's reference atten
 does the work of ctx = L; `attention="dense"` counts that, and is what XLA's own cost
 analysis reports. Element-wise work (norms, softmax, activations) is not counted.
 
+The classical baselines (`model.arch`, llm/model/arch.py) have no attention; every weight
+matrix of theirs is multiplied once per token (per direction for a bidirectional RNN), so
+forward FLOPs per token = 2 x (the elements of every weight matrix: the params named with a
+`w` (`BASELINE_MATMULS`) and the output layer, tied or not; lookups and biases excepted):
+  ngram_mlp: 2 (C D F + (Y-1) F^2 + F V [+ C D V with direct connections]),
+             C = ngram_context, F = d_ff, Y = n_layers tanh layers;
+  rnn / lstm / gru: 2 (sum over layers and directions of G (I_l D + D D) + O V),
+             G = 1 / 4 / 3 gates, I_l the layer's input width, O the output layer's width
+  (the counts are read off the param tree, so they stay exact whatever the module holds).
+Their saved activations per token and layer are estimated as the float values the backward
+pass needs (`baseline_floats_per_token`), plus the float32 logits.
+
 Activation memory follows Korthikanti et al. (2022, arXiv:2205.05198), Eq. 2, per layer:
 s*b*d*(34 + 5*n*s/d) bytes at 16-bit with no recomputation; full recomputation keeps only
 each block's input (2*s*b*d bytes per layer) plus one block's full activations.
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Literal
 
 import jax
@@ -29,6 +42,8 @@ from llm.config import Config, ModelConfig
 from llm.model.functional import abstract_params
 
 EMBEDDING_KEYS = ("token_embed", "pos_embed", "lm_head")
+# a baseline's weight matrices: `w` in its name (hidden_w, w_ih0, w_hh, ...) or the lm_head
+BASELINE_MATMULS = re.compile(r"(^|_)w(_|$)|^lm_head$")
 OPTIMIZER_STATE_FLOATS = {"adamw": 2, "lion": 1, "sgd": 1, "muon": 1, "adafactor": 0}
 
 
@@ -57,7 +72,14 @@ def mean_context(seq_len: int, sliding_window: int | None, causal: bool = True) 
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-    """Weights used in a matmul per token: all block projections plus the output layer."""
+    """Weights used in a matmul per token: all block projections plus the output layer
+    (for a baseline, its `BASELINE_MATMULS` and a tied output embedding)."""
+    if cfg.arch != "transformer":
+        params = abstract_params(cfg)
+        output = cfg.tie_embeddings and not cfg.rnn_bidirectional  # an encoder has no logits
+        names = [k for k in params if BASELINE_MATMULS.search(k)]
+        names += ["token_embed"] if output else []
+        return sum(math.prod(x.shape) for k in names for x in jax.tree.leaves(params[k]))
     D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.d_ff
     attn = D * N * H * 2 + D * K * H * 2
     mlp = D * F * (3 if cfg.gated else 2)
@@ -67,7 +89,10 @@ def matmul_params(cfg: ModelConfig) -> int:
 def forward_flops_per_token(
     cfg: ModelConfig, seq_len: int, attention: Literal["causal", "dense"] = "causal"
 ) -> float:
-    """Forward FLOPs per token: 2 x matmul params + attention scores and mixing."""
+    """Forward FLOPs per token: 2 x matmul params + attention scores and mixing (none for
+    the baselines, whose cost does not depend on `seq_len`)."""
+    if cfg.arch != "transformer":
+        return 2.0 * matmul_params(cfg)
     ctx = mean_context(seq_len, cfg.sliding_window, causal=attention == "causal")
     if attention == "dense":
         ctx = float(seq_len)
@@ -109,6 +134,9 @@ def activation_bytes(cfg: Config) -> int:
     """Saved activations for one micro-batch (Korthikanti et al., 2022, scaled to dtype)."""
     m, t = cfg.model, cfg.train
     s, b, d = t.seq_len, t.batch_size // t.grad_accum, m.d_model
+    if m.arch != "transformer":
+        values = baseline_floats_per_token(m) * np.dtype(m.dtype).itemsize
+        return int(s * b * (values + 4 * m.vocab_size))
     scale = np.dtype(m.dtype).itemsize / 2  # the paper's constants are for 16-bit
     full_layer = s * b * d * (34 + 5 * m.n_heads * s / d) * scale
     logits = s * b * m.vocab_size * 4  # float32 logits for the loss
@@ -121,6 +149,21 @@ def activation_bytes(cfg: Config) -> int:
     return int(per_layer_total + logits)
 
 
+def baseline_floats_per_token(m: ModelConfig) -> int:
+    """Activations a baseline keeps per token for its backward pass (logits excepted):
+    ngram_mlp: the window C D and each tanh layer's output F (plus [h; x] under direct);
+    rnn / lstm / gru: per layer and direction the input, the G D gate pre-activations and the
+    new state (h, and c for an LSTM). Remat is not applied to them."""
+    if m.arch == "ngram_mlp":
+        window = m.ngram_context * m.d_model
+        return window + m.n_layers * m.d_ff + (window + m.d_ff if m.ngram_direct else 0)
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[m.arch]
+    state = 2 if m.arch == "lstm" else 1
+    directions = 2 if m.rnn_bidirectional else 1
+    per_layer = m.d_model * (directions + gates + state)
+    return m.d_model + directions * m.n_layers * per_layer
+
+
 def report(cfg: Config) -> str:
     """The dry-run table: counts, FLOPs per token and memory for one config."""
     m, L, batch = cfg.model, cfg.train.seq_len, cfg.train.batch_size
@@ -130,7 +173,7 @@ def report(cfg: Config) -> str:
         ("parameters (total)", f"{counts.total:,}"),
         ("  embedding", f"{counts.embedding:,}"),
         ("  non-embedding", f"{counts.non_embedding:,}"),
-        (f"forward FLOPs/token (seq {L}, causal)", f"{fwd:.4g}"),
+        (f"forward FLOPs/token ({_flops_note(m, L)})", f"{fwd:.4g}"),
         ("training FLOPs/token (3x forward)", f"{3 * fwd:.4g}"),
         (f"training FLOPs/step (batch {batch})", f"{3 * fwd * L * batch:.4g}"),
         (f"params ({m.param_dtype})", _gib(mem.params)),
@@ -141,6 +184,10 @@ def report(cfg: Config) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v:>18}" for k, v in rows)
+
+
+def _flops_note(m: ModelConfig, seq_len: int) -> str:
+    return f"seq {seq_len}, causal" if m.arch == "transformer" else f"{m.arch}, no attention"
 
 
 def _gib(n: int) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Protocol, Self, runtime_checkable
 
 from llm.config import ModelConfig
+from llm.model.arch import model_class
 from llm.model.kv_cache import KVCache
 from llm.typing import Array
 
@@ -50,5 +51,7 @@ class Cache(Protocol):
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
     """An empty cache of `batch` rows with room for `max_len` tokens each, of the kind this
     model decodes with (the one place that chooses it; its storage dtype from
-    `cfg.kv_cache_dtype`)."""
-    return KVCache.init(cfg, batch, max_len)
+    `cfg.kv_cache_dtype`): a KVCache for the Transformer, the baselines' own state else."""
+    if cfg.arch == "transformer":
+        return KVCache.init(cfg, batch, max_len)
+    return model_class(cfg).init_cache(cfg, batch, max_len)

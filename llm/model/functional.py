@@ -16,23 +16,23 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from llm.config import ModelConfig
+from llm.model.arch import model_class
 from llm.model.cache import Cache
 from llm.model.extras import Extras
 from llm.model.kv_cache import KVCache, fill_prefix
 from llm.model.outputs import ModelOutput
-from llm.model.transformer import Transformer
 from llm.typing import Array, PyTree
 
 
 @functools.lru_cache(maxsize=64)
 def _abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph definition and shape-only state, built without allocating any parameter."""
-    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
+    return nnx.split(nnx.eval_shape(lambda: model_class(cfg)(cfg, nnx.Rngs(0))))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(cfg: ModelConfig, key: Array) -> PyTree:
-    return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(params=key)))[1])
+    return nnx.to_pure_dict(nnx.split(model_class(cfg)(cfg, nnx.Rngs(params=key)))[1])
 
 
 def init_params(cfg: ModelConfig, key: Array) -> PyTree:
@@ -45,7 +45,7 @@ def abstract_params(cfg: ModelConfig) -> PyTree:
     return nnx.to_pure_dict(_abstract(cfg)[1])
 
 
-def abstract_model(cfg: ModelConfig) -> Transformer:
+def abstract_model(cfg: ModelConfig) -> nnx.Module:
     """The module with shape-only params: for reading its structure (which layers exist)."""
     return nnx.merge(*_abstract(cfg))
 
@@ -87,12 +87,13 @@ def forward(
     `extras` (llm/model/extras.py) are the learned inputs of prompt tuning, prefix tuning
     and bottleneck adapters; losses get them through `llm.train.trainable.model_forward`.
     """
-    if cache is not None and (positions_BL is not None or dropout_key is not None):
+    transformer = cfg.arch == "transformer"  # the baselines check their own cache arguments
+    if transformer and cache is not None and (positions_BL is not None or dropout_key is not None):
         raise ValueError(
             "forward with a KV cache derives positions from the cache and runs without "
             "dropout: pass neither positions_BL nor dropout_key"
         )
-    if cache is not None and not isinstance(cache, KVCache):
+    if transformer and cache is not None and not isinstance(cache, KVCache):
         raise TypeError(
             f"this model decodes with a KVCache (llm.model.cache.init_cache); got a "
             f"{type(cache).__name__}"
@@ -152,22 +153,22 @@ def unstack_layers(params: PyTree) -> PyTree:
     weights a separate buffer the matmuls read in place. `forward` and `unembed` accept
     either layout; this one costs a copy of the block weights when it is made.
     """
-    blocks = params["blocks"]
-    if isinstance(blocks, tuple):
+    blocks = params.get("blocks")
+    if blocks is None or isinstance(blocks, tuple):  # no stacked blocks, or already unstacked
         return params
     n_layers = jax.tree.leaves(blocks)[0].shape[0]
     layers = tuple(jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(n_layers))
     return {**params, "blocks": layers}
 
 
-def _merge(cfg: ModelConfig, params: PyTree) -> tuple[Transformer, tuple | None]:
+def _merge(cfg: ModelConfig, params: PyTree) -> tuple[nnx.Module, tuple | None]:
     """The module with `params`, and the per-layer block params if in the decode layout.
 
     In the decode layout the module is merged with layer 0's tree in place of the stacked
     blocks (merging only assigns values, and one layer has the stacked Block's structure);
     the model then reads every layer from the tuple it is given.
     """
-    layers = params["blocks"] if isinstance(params["blocks"], tuple) else None
+    layers = params["blocks"] if isinstance(params.get("blocks"), tuple) else None
     if layers is not None:
         if len(layers) != cfg.n_layers:
             raise ValueError(f"params hold {len(layers)} layers; the config has {cfg.n_layers}")

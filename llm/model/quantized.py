@@ -48,7 +48,13 @@ STATIC = ("fmt", "bits", "group", "n_in", "n_out", "dtype", "act_bits")
 def weight_layouts(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """{param path: (n_in, n_out)} of every weight that can be quantized: each `Linear`'s
     (its contracted axes, the rest after the stacked layers axis), the token table (1, 0)
-    and an untied head (1, 1)."""
+    and an untied head (1, 1). The classical baselines are refused here, the one door of
+    quantization, pruning and GGUF tensor layouts: their weights are no `Linear`s."""
+    if cfg.arch != "transformer":
+        raise ValueError(
+            f"quantization and pruning act on a Transformer's Linear layers; model.arch="
+            f"{cfg.arch!r} has none (its weights stay in param_dtype)"
+        )
     model = abstract_model(cfg)
     out: dict[str, tuple[int, int]] = {"token_embed": (1, 0)}
     if model.lm_head is not None:

@@ -82,6 +82,9 @@ def register_method(name: str, method: Method) -> None:
         raise ValueError(f"peft method {name!r} is already registered")
     if (method.apply is None) == (method.forward is None):
         raise ValueError(f"peft method {name!r} needs exactly one of apply and forward")
+    method = dataclasses.replace(
+        method, init=_on_transformer(name, method.init), axes=_on_transformer(name, method.axes)
+    )
     if method.apply is not None:
         register_adapter(method.component, method.apply)
     else:
@@ -89,6 +92,22 @@ def register_method(name: str, method: Method) -> None:
             raise ValueError(f"adapter component {method.component!r} is already registered")
         FORWARD[method.component] = method.forward
     METHODS[name] = method
+
+
+def _on_transformer(name: str, build: Callable) -> Callable:
+    """`build` (a Method's init or axes), refusing a decoder without Transformer blocks: every
+    method adapts a block's Linears, attention or sub-layer outputs, which the classical
+    baselines (`model.arch`: ngram_mlp, rnn, lstm, gru) do not have."""
+
+    def checked(cfg: PeftConfig, model: PyTree, axes: PyTree, *rest):
+        if "blocks" not in model:
+            raise ValueError(
+                f"peft.method={name} adapts a Transformer's blocks; this decoder has none "
+                f"(params {sorted(model)}): train a baseline model.arch whole (peft.method=none)"
+            )
+        return build(cfg, model, axes, *rest)
+
+    return checked
 
 
 def register_adapter(name: str, apply: Adapter) -> None:

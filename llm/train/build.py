@@ -13,8 +13,10 @@ A warm start passes the loaded model params in (already placed in their shards b
 loader) and only splits them and builds fresh optimiser state.
 
 Only `params` reaches the optimiser (its state, decay masks and clipping); `frozen` is carried
-through with its own specs. The decoder is initialised from the run's seed exactly as it was
-before trainable/frozen existed, so pretraining is bit for bit unchanged.
+through with its own specs. With `train.tbptt` the state also holds the zero recurrent state of
+every batch row (`TrainState.carry`), its row axis sharded like the batch's. The decoder is
+initialised from the run's seed exactly as it was before trainable/frozen existed, so
+pretraining is bit for bit unchanged.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from llm.sharding import memory
 from llm.sharding import rules as R
 from llm.sharding.init import ShardingPlan, opt_state_specs, tree_specs
 from llm.train.losses import Loss, make_loss
+from llm.train.losses.causal_lm import initial_carry
 from llm.train.losses.rl import RLLoss
 from llm.train.optim import make_optimizer
 from llm.train.state import TrainState, init_state
+from llm.train.step import row_axis
 from llm.train.trainable import Split, Trainable, trainable_from_config
 from llm.typing import PyTree
 
@@ -97,6 +101,7 @@ def _builder(cfg: Config, trainable: Trainable, tx: optax.GradientTransformation
     t = cfg.train
     scale = t.loss_scale_init if cfg.model.dtype == "float16" else 1.0
     axes = logical_axes(cfg.model)
+    carry = (lambda: initial_carry(cfg.model, t.batch_size)) if t.tbptt else dict
 
     def build(key: jax.Array, loaded: PyTree | None = None) -> TrainState:
         model = init_params(cfg.model, key) if loaded is None else loaded
@@ -108,13 +113,39 @@ def _builder(cfg: Config, trainable: Trainable, tx: optax.GradientTransformation
             loss_scale=scale,
             spike_window=t.spike_window,
             frozen=split.frozen,
+            carry=carry(),
         )
 
     return build
 
 
+def check_tbptt(cfg: Config) -> None:
+    """train.tbptt needs a stream order to carry state along and a model that has a state."""
+    if not cfg.train.tbptt:
+        return
+    if cfg.data.order != "streams":
+        raise ValueError(
+            "train.tbptt=true carries each batch row's state into the next batch, which only "
+            f"continues the same text with data.order=streams (got {cfg.data.order!r})"
+        )
+    initial_carry(cfg.model, 1)  # raises for a model without a recurrent state
+
+
+def carry_specs(plan: ShardingPlan, carry: PyTree) -> PyTree:
+    """Each carry leaf's row axis (the B of its name) laid out like the batch's rows."""
+
+    def spec(name: str, x: Any) -> PartitionSpec:
+        logical = [None] * len(x.shape)
+        logical[row_axis(name)] = "batch"
+        return R.mesh_spec(plan.rules, tuple(logical))
+
+    return {k: spec(k, v) for k, v in carry.items()}
+
+
 def state_layout(cfg: Config, plan: ShardingPlan, trainable: Trainable) -> StateLayout:
-    """Abstract state, mesh specs and shardings of the run (raises on a bad `freeze`)."""
+    """Abstract state, mesh specs and shardings of the run (raises on a bad `freeze`, or a
+    `train.tbptt` the data order or model cannot serve)."""
+    check_tbptt(cfg)
     split = abstract_split(cfg, trainable)
     tx = make_tx(cfg, split)
     abstract = jax.eval_shape(_builder(cfg, trainable, tx), jax.random.key(0))
@@ -128,6 +159,7 @@ def state_layout(cfg: Config, plan: ShardingPlan, trainable: Trainable) -> State
         params=params_specs,
         frozen=frozen_specs,
         opt_state=opt_state_specs(abstract.opt_state, abstract.params, params_specs),
+        carry=carry_specs(plan, abstract.carry),
     )
     shardings = R.named(plan.mesh, specs)
     return StateLayout(trainable, split, tx, abstract, specs, shardings)

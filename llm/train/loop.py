@@ -30,7 +30,9 @@ Failure handling (the promises and their tests: docs/reliability.md):
 
 What is trained and how it is scored are arguments, not code paths: `loss` (a
 `llm.train.losses.Loss`, default: the one `cfg.loss` names) and `trainable` (a
-`llm.train.trainable.Trainable`, default: `train.freeze`).
+`llm.train.trainable.Trainable`, default: `train.freeze`). With data.order=streams a causal LM
+loss reads the `continues` leaf, and with `train.tbptt` the step carries each row's recurrent
+state to the next batch (llm/train/losses/causal_lm.py `StreamCausalLMLoss`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
 from llm.train.build import memory_report, run_trainable, state_layout
 from llm.train.losses import Loss, check_batch_leaves, make_loss
+from llm.train.losses.causal_lm import StreamCausalLMLoss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
 from llm.train.monitor import Silent, TrainingDiverged, Window, flush
 from llm.train.optim import make_schedule
@@ -97,16 +100,17 @@ class Trainer:
         if tokenizer is None:  # an imported model's tokenizer brings its chat template
             tokenizer = tokenizer_with_template(cfg.data.tokenizer)
         self.tokenizer = tokenizer
-        self.loss = loss if loss is not None else make_loss(cfg)
+        self.loss = _stream_loss(cfg, loss if loss is not None else make_loss(cfg))
         _check_data(cfg, self.tokenizer, self.loss)
         self.plan = make_plan(cfg, make_mesh(cfg.mesh))  # fails here, before any compile
         self.schedule = make_schedule(cfg.optim, t.steps)
         self.base_trainable = trainable  # None: what cfg describes
         self.layout = state_layout(cfg, self.plan, run_trainable(cfg, self.loss, trainable))
         self.batch_sharding = batch_shardings(self.plan, self.loss.batch_axes)
+        loss_fn = self.loss.carried if t.tbptt else self.loss  # truncated BPTT carries state
         self.step_fn = make_train_step(
             cfg,
-            with_activation_sharding(self.loss, self.plan.mesh, self.plan.rules),
+            with_activation_sharding(loss_fn, self.plan.mesh, self.plan.rules),
             self.layout.tx,
             self.schedule,
             state_shardings=self.layout.shardings,
@@ -181,6 +185,14 @@ class Trainer:
         log.log(step, self.val, prefix="val")
         log.message(f"step {step}: {self.loss.summary(self.val)}")
         return self.val
+
+
+def _stream_loss(cfg: Config, loss: Loss) -> Loss:
+    """The loss itself, or with data.order=streams its form that reads `continues` and can
+    carry state (`StreamCausalLMLoss`, llm/train/losses/causal_lm.py)."""
+    if cfg.data.order != "streams" or isinstance(loss, StreamCausalLMLoss):
+        return loss
+    return StreamCausalLMLoss.of(loss)
 
 
 def _check_data(cfg: Config, tokenizer: Any, loss: Loss) -> None:

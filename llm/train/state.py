@@ -3,8 +3,16 @@
 Everything that influences the next step lives here (not in Python variables), so a
 checkpoint of this pytree plus the data iterator's position resumes a run bit for bit:
 the step counter, the trained `params` and the `frozen` tree (llm/train/trainable.py: the
-optimiser state covers `params` only), optimiser state, the base RNG key, the float16 loss scale
-and the rolling statistics of the spike detector.
+optimiser state covers `params` only), optimiser state, the base RNG key, the float16 loss scale,
+the rolling statistics of the spike detector and, with truncated BPTT, the recurrent state
+carried from batch to batch (`carry`).
+
+Why `carry` is a field of its own (not a component of `frozen`): it is written by every step,
+never read as weights, and laid out by batch row, not by a parameter's logical axes. It is a
+dict of arrays named by their axes (`h_YBH`, `c_YBH`, `lengths_B`: the letter B marks the row
+axis, which the step splits into micro-batches and the mesh shards like the batch), empty
+without `train.tbptt`. An empty carry has no leaves and is left out of `to_dict`, so the state
+of every other run, and every checkpoint written before the field existed, is unchanged.
 """
 
 from __future__ import annotations
@@ -37,14 +45,18 @@ class TrainState:
     spike_hist_W2: Array
     spike_seen: Array
     skipped: Array
+    carry: dict[str, Array] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (what checkpoints store)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain-dict form (what checkpoints store); an empty carry is left out."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not out["carry"]:
+            del out["carry"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        return cls(**data)
+        return cls(**{"carry": {}, **data})
 
 
 jax.tree_util.register_dataclass(
@@ -60,8 +72,10 @@ def init_state(
     loss_scale: float = 1.0,
     spike_window: int = 2,
     frozen: PyTree | None = None,
+    carry: dict[str, Array] | None = None,
 ) -> TrainState:
-    """A step-0 state around `params` (fresh or loaded): new optimiser state for them only."""
+    """A step-0 state around `params` (fresh or loaded): new optimiser state for them only;
+    `carry`: the zero recurrent state of truncated BPTT (llm.train.build), else empty."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -73,6 +87,7 @@ def init_state(
         spike_hist_W2=jnp.zeros((spike_window, 2), jnp.float32),
         spike_seen=jnp.zeros((), jnp.int32),
         skipped=jnp.zeros((), jnp.int32),
+        carry={} if carry is None else carry,
     )
 
 

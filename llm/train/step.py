@@ -7,7 +7,8 @@ What it does, in order:
   1. Splits the batch (every leaf has a leading B axis) into `grad_accum` micro-batches of
      B/A rows and runs a `lax.scan` over them, adding loss *sums*, weights and gradients of
      the sums; dividing once at the end makes the result equal to the big batch (see
-     losses/base.py).
+     losses/base.py). With `train.tbptt` the loss is a `CarryLossFn`: each micro-batch's rows
+     start from their rows of `state.carry` and the new state is the step's `carry`.
   2. float16 compute: the loss is multiplied by a dynamic loss scale before differentiation
      and gradients divided by it; non-finite gradients skip the update and halve the scale,
      `loss_scale_period` finite steps double it (Micikevicius et al. 2018). bfloat16 compute
@@ -40,41 +41,100 @@ from llm.train.state import TrainState, dropout_key
 from llm.typing import Array, PyTree
 
 Metrics = dict[str, Any]
+Carry = dict[str, Array]  # truncated BPTT's state per batch row (TrainState.carry)
+# a loss that carries state: (params, frozen, batch, key, carry) -> (sums, next carry)
+CarryLossFn = Callable[[PyTree, PyTree, Batch, Any, Carry], tuple[LossOutput, Carry]]
 
 
 def accumulate_gradients(
-    loss_fn: LossFn, params: PyTree, batch: Batch, state: TrainState, n_micro: int, scale: Array
-) -> tuple[LossOutput, PyTree]:
-    """Sums of loss, weight, metrics and d(scale * total)/d(params) over `n_micro` chunks.
+    loss_fn: LossFn | CarryLossFn,
+    params: PyTree,
+    batch: Batch,
+    state: TrainState,
+    n_micro: int,
+    scale: Array,
+    carrying: bool = False,
+) -> tuple[LossOutput, PyTree, Carry]:
+    """Sums of loss, weight, metrics and d(scale * total)/d(params) over `n_micro` chunks,
+    and the carried state after them (`state.carry` unchanged unless `carrying`).
 
     Only `params` is differentiated: `state.frozen` enters the loss as a constant, so no
-    gradient is computed (or stored) for any frozen leaf.
+    gradient is computed (or stored) for any frozen leaf; so does `state.carry`, which is what
+    truncates backpropagation through time at the batch boundary. Micro-batch i takes rows
+    [i B/A, (i+1) B/A) of the batch and the same rows of the carry, so each row keeps its state.
     """
     frozen = state.frozen
 
-    def scaled(p: PyTree, micro: Batch, key: Array) -> tuple[Array, LossOutput]:
-        out = loss_fn(p, frozen, micro, key)
-        return out.total * scale, out
+    def scaled(p: PyTree, micro: Batch, key: Array, carry: Carry):
+        if carrying:
+            out, carry = loss_fn(p, frozen, micro, key, carry)
+        else:
+            out = loss_fn(p, frozen, micro, key)
+        return out.total * scale, (out, carry)
 
     grad_fn = jax.grad(scaled, has_aux=True)
     if n_micro == 1:
-        grads, out = grad_fn(params, batch, dropout_key(state, 0))
-        return out, grads
+        grads, (out, carry) = grad_fn(params, batch, dropout_key(state, 0), state.carry)
+        return out, grads, carry
 
     micro_batches = jax.tree.map(
         lambda x: x.reshape(n_micro, x.shape[0] // n_micro, *x.shape[1:]), batch
     )
+    micro_carries = split_rows(state.carry, n_micro)
 
-    def body(carry: tuple[LossOutput, PyTree], xs: tuple[Batch, Array]):
-        micro, i = xs
-        grads, out = grad_fn(params, micro, dropout_key(state, i))
-        return jax.tree.map(jnp.add, carry, (out, grads)), None
+    def body(acc: tuple[LossOutput, PyTree], xs: tuple[Batch, Carry, Array]):
+        micro, carry, i = xs
+        grads, (out, carry) = grad_fn(params, micro, dropout_key(state, i), carry)
+        return jax.tree.map(jnp.add, acc, (out, grads)), carry
 
-    first = jax.tree.map(lambda x: x[0], micro_batches)
-    zero_out = jax.eval_shape(lambda: grad_fn(params, first, dropout_key(state, 0))[1])
+    batch0, carry0 = jax.tree.map(lambda x: x[0], (micro_batches, micro_carries))
+    zero_out = jax.eval_shape(lambda: grad_fn(params, batch0, dropout_key(state, 0), carry0)[1][0])
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), (zero_out, params))
-    (out, grads), _ = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(n_micro)))
-    return out, grads
+    xs = (micro_batches, micro_carries, jnp.arange(n_micro))
+    (out, grads), carries = jax.lax.scan(body, zeros, xs)
+    return out, grads, merge_rows(carries)
+
+
+def row_axis(name: str) -> int:
+    """The batch-row axis of a carry leaf, from its name's axis letters (h_YBH -> 1)."""
+    letters = name.rsplit("_", 1)[-1]
+    if "_" not in name or "B" not in letters:
+        raise ValueError(f"carry leaf {name!r} does not name its row axis B (e.g. 'h_YBH')")
+    return letters.index("B")
+
+
+def split_rows(carry: Carry, n: int) -> Carry:
+    """Each leaf's B rows as [n, ...B/n rows...]: micro-batch i gets rows [i B/n, (i+1) B/n)."""
+
+    def split(name: str, x: Array) -> Array:
+        a = row_axis(name)
+        x = x.reshape(*x.shape[:a], n, x.shape[a] // n, *x.shape[a + 1 :])
+        return jnp.moveaxis(x, a, 0)
+
+    return {k: split(k, v) for k, v in carry.items()}
+
+
+def merge_rows(carries: Carry) -> Carry:
+    """The inverse of `split_rows`: [n, ...B/n rows...] back to B rows in order."""
+
+    def merge(name: str, x: Array) -> Array:
+        a = row_axis(name)
+        x = jnp.moveaxis(x, 0, a)
+        return x.reshape(*x.shape[:a], x.shape[a] * x.shape[a + 1], *x.shape[a + 2 :])
+
+    return {k: merge(k, v) for k, v in carries.items()}
+
+
+def _finite_or_zero(carry: Carry) -> Carry:
+    """The carried state, or zeros if any of it is NaN/Inf: a diverged forward never leaks
+    into the next batch (and a checkpoint refuses non-finite states)."""
+    leaves = [
+        jnp.all(jnp.isfinite(v)) for v in carry.values() if jnp.issubdtype(v.dtype, jnp.inexact)
+    ]
+    if not leaves:
+        return carry
+    ok = jnp.all(jnp.stack(leaves))
+    return {k: jnp.where(ok, v, jnp.zeros_like(v)) for k, v in carry.items()}
 
 
 def _is_spike(state: TrainState, loss: Array, gnorm: Array, k: float) -> Array:
@@ -142,8 +202,14 @@ def train_step(
     """One optimiser step (unjitted; `make_train_step` jits it)."""
     fp16 = cfg.model.dtype == "float16"
     scale = state.loss_scale if fp16 else jnp.ones((), jnp.float32)
-    out, grads = accumulate_gradients(
-        loss_fn, state.params, batch, state, cfg.train.grad_accum, scale
+    carrying = cfg.train.tbptt
+    if carrying != bool(state.carry):
+        raise ValueError(
+            f"train.tbptt={carrying} but the train state {'lacks' if carrying else 'holds'} a "
+            "carried recurrent state; build the state with llm.train.build for this config"
+        )
+    out, grads, carry = accumulate_gradients(
+        loss_fn, state.params, batch, state, cfg.train.grad_accum, scale, carrying
     )
     weight = jnp.maximum(out.weight, 1.0)
     # the mean's gradients are grads * inv: a multiply by one scalar (not a divide), which
@@ -175,6 +241,7 @@ def train_step(
         spike_hist_W2=jnp.where(ok, hist, state.spike_hist_W2),
         spike_seen=state.spike_seen + ok.astype(jnp.int32),
         skipped=state.skipped + (finite & ~ok).astype(jnp.int32),
+        carry=_finite_or_zero(carry),
     )
     # in float32: a float16 tree's sum of squares overflows long before its entries do
     param_norm = optax.tree.norm(jax.tree.map(lambda p: p.astype(jnp.float32), new_state.params))
@@ -202,7 +269,8 @@ def make_train_step(
     state_shardings: Any = None,
     batch_sharding: Any = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """`train_step` closed over its configuration, jitted with the state donated."""
+    """`train_step` closed over its configuration, jitted with the state donated; with
+    `train.tbptt`, `loss_fn` is a `CarryLossFn` (e.g. `StreamCausalLMLoss.carried`)."""
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         return train_step(cfg, loss_fn, tx, schedule, state, batch)
