@@ -102,6 +102,9 @@ def neural_row(name: str, steps: int, out_dir: Path, eval_batches: int, extra: l
     val = [r for r in records if r.get("split") == "val"][-1]
     train_s = sum(r.get("step_s", 0.0) for r in records if r.get("split") == "train")
     cfg = load_config(ROOT / "configs" / preset)
+    default = load_config(DEFAULT).train
+    if (cfg.train.seq_len, cfg.train.batch_size) != (default.seq_len, default.batch_size):
+        raise RuntimeError(f"{preset}: rows of another shape than configs/default.yaml's")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(cfg.model)))
     return {"row": name, "model": label, "bpb": val["bpb"], "params": params,
             "param_kind": "weights", "train_s": train_s, "wall_s": wall, "steps": steps,

@@ -1,22 +1,23 @@
 """Test-wide setup, done before jax is imported anywhere.
 
 - 8 simulated CPU devices (the sharding tests need a mesh).
-- A persistent XLA compilation cache (jax's `jax_compilation_cache_dir`). Most of the suite's
-  time is XLA compiling the same tiny programs again: every test builds its own jitted train
-  step for the same tiny configs, each xdist worker and each child process (kill/resume,
-  multi-process, CLI tests) compiles them afresh, and eager `init_params` compiles one program
-  per random draw. With the cache the second compile of an identical program is a file read
-  (about 8x less CPU on a tiny init + train step). The key is the optimised HLO, the compile
-  options, the XLA flags and the jax/jaxlib versions, so an entry is never stale: changed code
-  is a new key. Set through environment variables so that child processes inherit it.
-  `LLM_TEST_COMPILATION_CACHE=<dir>` moves it, `=off` disables it; default: a folder per uid
-  in the system temp dir, kept between runs. jax's own size bound (`..._cache_max_size`) scans
-  the whole folder under a file lock at every write, so instead the session's first process
-  trims the folder once, oldest entries first, to half of `MAX_CACHE_BYTES` when it is over.
+- An opt-in persistent XLA compilation cache (jax's `jax_compilation_cache_dir`):
+  `LLM_TEST_COMPILATION_CACHE=<dir>`. Most of the suite's time is XLA compiling the same tiny
+  programs again (every test builds its own jitted step for the same tiny configs, each xdist
+  worker and child process compiles them afresh); with a warm cache a second compile is a
+  file read (about 8x less CPU on a tiny init + train step). It is OFF by default: on a cold
+  cache the whole suite went from ~40 to 37 min only, and one run (2026-12-07) lost an xdist
+  worker to a segmentation fault inside jax's cache write (`put_executable_and_time`; the
+  test alone passes with the cache, cause not established). The key is the lowered module,
+  compile options, XLA flags, backend and jax/jaxlib versions, so entries are never stale.
+  Set through environment variables so that child processes inherit it. The session's first
+  process trims the folder once, oldest-written entries first, to half of `MAX_CACHE_BYTES`
+  when it is over (jax's own bound rescans the folder under a lock at every write); an entry
+  another session deletes meanwhile is skipped. The folder must belong to this user and not
+  be world-writable (it holds executables): otherwise the cache is refused, naming it.
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 MAX_CACHE_BYTES = 4 * 1024**3
@@ -24,7 +25,14 @@ MAX_CACHE_BYTES = 4 * 1024**3
 
 def _trim(cache: Path, max_bytes: int) -> None:
     """Deletes the oldest cache entries until the folder holds at most max_bytes // 2."""
-    entries = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in cache.glob("*-cache"))
+    entries = []
+    for path in cache.glob("*-cache"):
+        try:
+            stat = path.stat()
+        except OSError:  # removed by a concurrent session's trim
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    entries.sort()
     total = sum(size for _, size, _ in entries)
     if total <= max_bytes:
         return
@@ -40,11 +48,15 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
 
-_user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-_default_cache = Path(tempfile.gettempdir()) / f"llm-tests-xla-cache-{_user}"
-_cache = os.environ.setdefault("LLM_TEST_COMPILATION_CACHE", str(_default_cache))
+_cache = os.environ.setdefault("LLM_TEST_COMPILATION_CACHE", "off")
 if _cache != "off":
-    if "PYTEST_XDIST_WORKER" not in os.environ and Path(_cache).is_dir():
+    _stat = Path(_cache).stat() if Path(_cache).is_dir() else None
+    if _stat and hasattr(os, "getuid") and (_stat.st_uid != os.getuid() or _stat.st_mode & 0o002):
+        raise RuntimeError(
+            f"compilation cache {_cache} is not owned by this user or is world-writable; "
+            "remove it or set LLM_TEST_COMPILATION_CACHE to a private folder (or off)"
+        )
+    if "PYTEST_XDIST_WORKER" not in os.environ and _stat:
         _trim(Path(_cache), MAX_CACHE_BYTES)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # tiny programs too

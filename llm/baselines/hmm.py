@@ -179,6 +179,7 @@ class HMMLanguageModel:
     """An HMM over token ids used as a language model: p(x_t | x_<t) = the forward scale."""
 
     hmm: HMM
+    trained_tokens: int = 0  # tokens EM saw: rows x T of the stream's first max_tokens
 
     @classmethod
     def fit(
@@ -193,7 +194,7 @@ class HMMLanguageModel:
         emit = unigram / unigram.sum() * (0.5 + init.emit_KV * vocab_size / 2)
         init = HMM(init.start_K, init.trans_KK, emit / emit.sum(1, keepdims=True))
         hmm, history = baum_welch(init, obs_BT, iters, smoothing, progress)
-        return cls(hmm), history
+        return cls(hmm, obs_BT.size), history
 
     def logprobs(self, docs: Documents) -> np.ndarray:
         """[T] log p(token | previous tokens of its document); 0 at each document start."""

@@ -67,6 +67,7 @@ def fit(args, train_docs, tokenizer) -> tuple[object, dict]:
             train_docs, V, args.states, args.iters, max_tokens=args.hmm_tokens
         )
         size = {"states": args.states, "params": args.states * (1 + args.states + V),
+                "hmm_train_tokens": model.trained_tokens,  # of train_tokens: the first chunk
                 "train_loglik": history[-1] if history else None}  # fmt: skip
     else:
         order = 5 if args.order is None else args.order

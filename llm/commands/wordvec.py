@@ -101,6 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
     wv.save(args.out)
     print(f"wrote {args.out}: {len(wv)} words x {wv.vectors_VD.shape[1]}, "
           f"{wv.meta['train_seconds']:.1f} s, final loss {wv.meta['final_loss']:.4f}")  # fmt: skip
+    dropped = wv.meta["dropped_per_epoch"]  # the last partial chunk of each epoch (meta.json)
+    print(f"examples dropped per epoch (partial last chunk): {dropped}")
     return 0
 
 
@@ -126,7 +128,11 @@ def run_neighbors(args: argparse.Namespace) -> int:
 def run_analogy(args: argparse.Namespace) -> int:
     from llm.embeddings.eval_sets import analogy_accuracy, analogy_items
 
-    scores = analogy_accuracy(_load(args.dir))
+    wv = _load(args.dir)
+    scores = analogy_accuracy(wv)
+    missing = sorted({w for _, *words in analogy_items() for w in words} - set(wv.index))
+    if missing:  # their questions count as wrong (analogy_accuracy)
+        print(f"{len(missing)} words of the set are not in {args.dir}: {' '.join(missing)}")
     counts = {}
     for relation, *_ in analogy_items():
         counts[relation] = counts.get(relation, 0) + 1

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from llm.compress import calibration
 from llm.config import ModelConfig
 from llm.model import logical_axes
+from llm.model.quantized import weight_layouts
 from llm.typing import Array, PyTree
 
 KV_MODES = ("groups", "per_group")
@@ -69,6 +70,7 @@ class StructuredSpec:
 
 def shrunk_config(cfg: ModelConfig, spec: StructuredSpec) -> ModelConfig:
     """The model config after removing `spec.heads` heads and `spec.mlp` channels per layer."""
+    weight_layouts(cfg)  # refuses a model without a Transformer's heads and MLPs by name
     n_q, n_kv = cfg.n_heads, cfg.kv_heads
     group = n_q // n_kv
     if spec.heads and cfg.pos_encoding == "alibi":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from llm.config.base import check, config_class
@@ -19,6 +20,11 @@ Arch = Literal["transformer", "ngram_mlp", "rnn", "lstm", "gru"]
 RECURRENT_ARCHS = ("rnn", "lstm", "gru")
 
 GATED_ACTIVATIONS = ("swiglu", "geglu")
+# switches of the attention and its blocks that a baseline arch would silently ignore
+TRANSFORMER_ONLY = (
+    "n_kv_heads", "head_dim", "qk_norm", "rope_scaling", "sliding_window", "attn_logit_softcap",
+    "attention_impl", "qkv_bias", "out_bias", "mlp_bias", "attn_dropout", "remat",
+)  # fmt: skip
 
 
 @config_class
@@ -32,11 +38,11 @@ class ModelConfig:
     arch: Arch = "transformer"
     vocab_size: int = 259  # token ids covered by embedding and output (259 = bytes + PAD/BOS/EOS)
     d_model: int = 128  # width of the residual stream
-    n_layers: int = 2  # number of Transformer blocks
+    n_layers: int = 2  # number of Transformer blocks (baselines: tanh / recurrent layers)
     n_heads: int = 4  # query heads per attention layer
     n_kv_heads: int | None = None  # key/value heads: None = n_heads (MHA), 1 = MQA, else GQA
     head_dim: int | None = None  # per-head width; None = d_model // n_heads
-    d_ff: int = 512  # hidden width of the MLP (per branch for gated activations)
+    d_ff: int = 512  # hidden width of the MLP (per branch if gated; ngram_mlp: tanh width)
     max_seq_len: int = 256  # longest sequence in tokens; size of the learned position table
     activation: Activation = "gelu"  # MLP nonlinearity; swiglu/geglu are gated (3 matrices)
     norm: Norm = "layernorm"  # normalisation layer type
@@ -79,6 +85,8 @@ class ModelConfig:
             check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
         if self.arch == "transformer":  # the baselines have no attention heads
             self._check_heads()
+        else:
+            self._check_baseline()
         check(
             self.pos_encoding != "sinusoidal" or self.d_model % 2 == 0,
             "d_model",
@@ -119,6 +127,24 @@ class ModelConfig:
             "rnn_bidirectional",
             f"needs arch rnn, lstm or gru, got {self.arch!r}",
         )
+        for key in ("ngram_context", "ngram_direct"):
+            check(
+                self.arch == "ngram_mlp" or getattr(self, key) == _DEFAULTS[key],
+                key,
+                f"is read only by arch ngram_mlp, got arch {self.arch!r}",
+            )
+
+    def _check_baseline(self) -> None:
+        """A Transformer-only switch set away from its default would be ignored by a baseline:
+        refused by name. (Fields configs/default.yaml sets, like n_heads, activation or
+        scan_layers, are accepted and not read, so `model.arch=lstm` works on any preset.)"""
+        for key in TRANSFORMER_ONLY:
+            check(
+                getattr(self, key) == _DEFAULTS[key],
+                key,
+                f"is a Transformer switch; model.arch={self.arch!r} has no attention to apply "
+                f"it to (leave it at {_DEFAULTS[key]!r})",
+            )
 
     def _check_heads(self) -> None:
         check(
@@ -156,3 +182,6 @@ class ModelConfig:
     @property
     def gated(self) -> bool:
         return self.activation in GATED_ACTIVATIONS
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}

@@ -11,7 +11,8 @@ so row b of batch k + 1 is the very next L tokens after row b of batch k, and a 
 carries its state from one batch to the next (truncated BPTT, `train.tbptt`) reads each stream
 from its beginning to its end. After S batches every stream wraps to its own start (the next
 epoch, in the same order: the streams are fixed, as in the classic setup); the last N - B S
-rows (fewer than B rows, the padded row included when there is one) are never read.
+rows (fewer than B) are never read, and `StreamRows` logs how many (`unread_rows`, a warning
+naming the count and the tokens they hold).
 
 Each row also says whether its first token continues the previous row of its stream, the leaf
 `continues` [B] (float32, 1 or 0): 1 exactly when the row is not the first of its stream in
@@ -27,9 +28,13 @@ row is scored from a zero state, exactly as without streams.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from llm.data.packing import PackedRows, Row
+
+log = logging.getLogger(__name__)
 
 CONTINUES = "continues"  # the batch leaf: [B] float32, 1 = the row's state carries over
 
@@ -46,6 +51,13 @@ class StreamRows:
                 f"{rows.seq_len} tokens, fewer than train.batch_size={batch_size} streams; "
                 "lower train.batch_size or train.seq_len"
             )
+        self.unread_rows = len(rows) - len(self)  # N - B S: they do not fill a stream
+        if self.unread_rows:
+            log.warning(
+                "data.order=streams: the last %d of %d packed train rows (%d tokens at most) "
+                "do not fill a stream of %d rows and are never read",
+                self.unread_rows, len(rows), self.unread_rows * rows.seq_len, self.stream_rows,
+            )  # fmt: skip
 
     def __len__(self) -> int:
         """Elements in one epoch: B S rows."""

@@ -152,6 +152,7 @@ def train_glove(
             total += float(loss_S.sum())
         losses.append(total / n)
     meta = {"method": "glove", "config": dataclasses.asdict(cfg), "nonzero": len(x.data),
+            "used_per_epoch": n, "dropped_per_epoch": len(x.data) - n,  # a new draw each epoch
             "final_loss": losses[-1], "train_seconds": time.perf_counter() - start}  # fmt: skip
     vectors = np.asarray(params["w"] + params["wt"])
     return WordVectors(vocab.words, vectors, vocab.counts, meta)

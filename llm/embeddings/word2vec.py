@@ -13,13 +13,16 @@ Design choices:
 * The loss is the formula, per example: -[log sigma(u.v) + sum_k log sigma(-u_k.v)], v the
   input vector (CBOW: the mean of the context's input vectors, gensim's `cbow_mean=1`), u the
   output vector of the true word, u_k those of K negatives drawn from unigram^0.75 (a negative
-  equal to the true word is kept, as in the C code).
+  equal to the true word is kept; the C code and gensim skip it, which changes the loss by
+  under K * p(word) per example).
 * Minibatches instead of the paper's one-pair Hogwild SGD: the pairs (skip-gram) or centers
   (CBOW) of an epoch are shuffled and cut into batches of `batch`, and
   `chunk` steps run in one jit'd `lax.scan` (an epoch keeps whole chunks: the last partial
-  chunk's examples, redrawn every epoch, are dropped, so the scan compiles once). The
-  gradient is that of the batch's mean loss.
-  The learning rate decays linearly to lr * 1e-4 over training, as the paper's; the optimizer
+  chunk's examples, redrawn every epoch, are dropped, so the scan compiles once: `meta`
+  records how many, `examples_per_epoch` and `dropped_per_epoch`). The gradient is that of the
+  batch's mean loss. The learning rate decays linearly as the paper's, towards lr * 1e-4 at
+  the expected number of examples (kept tokens x (window + 1)); windows cut at sentence ends
+  give fewer, so it stops above that floor; the optimizer
   is Adam (default: stable at any batch size) or plain SGD, both from optax.
 * Negatives are drawn on device by inverse-CDF search in the noise distribution.
 """
@@ -151,8 +154,9 @@ def chunk_for(cfg_chunk: int, expected_steps: int) -> int:
     return max(1, min(cfg_chunk, expected_steps // 2))
 
 
-def epoch_batches(cfg: Word2VecConfig, flat: Flat, keep_V, rng, chunk: int) -> dict:
-    """One epoch's shuffled examples, [n_batches, batch, ...] (subsampled, windows redrawn)."""
+def epoch_batches(cfg: Word2VecConfig, flat: Flat, keep_V, rng, chunk: int) -> tuple[dict, int]:
+    """One epoch's shuffled examples, [n_batches, batch, ...] (subsampled, windows redrawn),
+    and how many examples the last partial chunk dropped."""
     center_N, context_NC, mask_NC = context_matrix(flat.subsample(keep_V, rng), cfg.window, rng)
     if cfg.method == "sgns":
         rows, cols = np.nonzero(mask_NC)
@@ -162,7 +166,9 @@ def epoch_batches(cfg: Word2VecConfig, flat: Flat, keep_V, rng, chunk: int) -> d
         data = {"center": center_N[has], "context": context_NC[has], "mask": mask_NC[has]}
     n = usable(len(data["center"]), cfg.batch, chunk)
     order = rng.permutation(len(data["center"]))[:n]
-    return {k: v[order].reshape(n // cfg.batch, cfg.batch, *v.shape[1:]) for k, v in data.items()}
+    shape = (n // cfg.batch, cfg.batch)
+    batches = {k: v[order].reshape(*shape, *v.shape[1:]) for k, v in data.items()}
+    return batches, len(data["center"]) - n
 
 
 def train_word2vec(
@@ -177,14 +183,18 @@ def train_word2vec(
     cdf_V = jnp.asarray(np.cumsum(noise_distribution(vocab.counts)), jnp.float32)
     expected = int(np.sum(keep_V[flat.ids_N]) * (cfg.window + 1 if cfg.method == "sgns" else 1))
     chunk = chunk_for(cfg.chunk, expected // cfg.batch)
+    batches, dropped = epoch_batches(cfg, flat, keep_V, rng, chunk)
     tx = make_optimizer(cfg, cfg.epochs * max(expected // cfg.batch, 1))
     key, init_key = jax.random.split(jax.random.key(cfg.seed))
     params = init_params(init_key, len(vocab), cfg.dim)
     opt_state, run_chunk = tx.init(params), make_chunk_fn(cfg, tx, cdf_V)
-    losses = []
+    losses, used, drops = [], [], []
     for epoch in range(cfg.epochs):
-        batches = epoch_batches(cfg, flat, keep_V, rng, chunk)
+        if epoch:
+            batches, dropped = epoch_batches(cfg, flat, keep_V, rng, chunk)
         n_steps = len(batches["center"])
+        used.append(n_steps * cfg.batch)
+        drops.append(dropped)
         bar = tqdm(range(0, n_steps, chunk), disable=not progress, desc=f"{cfg.method} {epoch}")
         for s in bar:
             part = {k: jnp.asarray(v[s : s + chunk]) for k, v in batches.items()}
@@ -196,5 +206,6 @@ def train_word2vec(
             f"an epoch yields fewer than {chunk} batches of batch={cfg.batch}; lower batch"
         )
     meta = {"method": cfg.method, "config": dataclasses.asdict(cfg), "tokens": len(flat.ids_N),
+            "examples_per_epoch": used, "dropped_per_epoch": drops,
             "final_loss": losses[-1], "train_seconds": time.perf_counter() - start}  # fmt: skip
     return WordVectors(vocab.words, np.asarray(params["w"]), vocab.counts, meta)

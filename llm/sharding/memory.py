@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from llm.config import Config
+from llm.model.accounting import baseline_floats_per_token
 from llm.sharding import rules as R
 from llm.sharding.init import check_batch, opt_state_specs
 from llm.sharding.mesh import resolve_shape
@@ -121,6 +122,9 @@ def activation_bytes(cfg: Config, rules: Mapping[str, R.MeshAxes], shape: Mappin
     s, b, h, a = t.seq_len, t.batch_size // t.grad_accum, m.d_model, m.n_heads
     ways = {n: math.prod(shape[x] for x in rules[n]) for n in ("batch", "length", "heads", "vocab")}
     d, c, tp = ways["batch"], ways["length"], ways["heads"]
+    if m.arch != "transformer":  # no attention: the baseline's own count, rows split over batch
+        values = baseline_floats_per_token(m) * np.dtype(m.dtype).itemsize
+        return int((s / c) * (b / d) * (values + 4 * m.vocab_size / ways["vocab"]))
     scale = np.dtype(m.dtype).itemsize / 2  # the paper's constants are for 16-bit values
     local = (s / c) * (b / d) * h
     scores = 0 if m.attention_impl in FLASH_IMPLS else 5 * a * s / (h * tp)

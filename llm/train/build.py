@@ -199,7 +199,7 @@ def rollout_bytes(cfg: Config) -> int:
     n = max(rl.prompts * rl.group_size, rl.eval_prompts)
     batch = 1 << (n - 1).bit_length()
     cache = jax.eval_shape(lambda: init_cache(cfg.model, batch, cfg.train.seq_len))
-    blocks = abstract_params(cfg.model)["blocks"]
+    blocks = abstract_params(cfg.model).get("blocks", {})  # baselines: no per-layer copy
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((cache, blocks)))
 
 

@@ -108,7 +108,9 @@ def muon_dimensions(params: PyTree, axes: PyTree | None) -> PyTree:
     A hidden matrix maps the residual "embed" axis to other non-layer axes (or back); the
     token embedding, position table and output layer (a "vocab" or "position" axis) stay on
     AdamW as Muon's authors recommend. Head axes are kept separate in our params ([D, N, H]),
-    so the orthogonalised matrix is embed x (heads*head_dim). With no logical axes, plain
+    so the orthogonalised matrix is embed x (heads*head_dim). Unnamed axes ahead of "embed"
+    are input features with it (the n-gram MLP's [context, embed, mlp] window weight is a
+    (C D) x F matrix). With no logical axes, plain
     2-D leaves whose name does not mention "embed" qualify.
     """
     from optax.contrib import MuonDimensionNumbers
@@ -125,6 +127,10 @@ def muon_dimensions(params: PyTree, axes: PyTree | None) -> PyTree:
         others = tuple(i for i in inner if i != embed)
         if embed == inner[0]:
             return MuonDimensionNumbers(reduction_axis=embed, output_axis=others)
+        before = tuple(i for i in inner if i < embed)
+        if all(ax[i] is None for i in before):  # unnamed input axes with embed: [C, D, F]
+            after = tuple(i for i in inner if i > embed)
+            return MuonDimensionNumbers(reduction_axis=(*before, embed), output_axis=after)
         return MuonDimensionNumbers(reduction_axis=others, output_axis=embed)
 
     return jax.tree.map(dims, param_paths(params), params, _axes_or_none(params, axes))

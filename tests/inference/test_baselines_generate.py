@@ -9,7 +9,7 @@ import pytest
 
 from llm.cli import main
 from llm.config import ModelConfig
-from llm.inference import Engine, StopCriteria
+from llm.inference import Engine, StopCriteria, beam, sampling
 from llm.model import abstract_params, forward
 from llm.tokenizers.byte import ByteTokenizer
 
@@ -69,3 +69,18 @@ def test_llm_generate_samples_and_beam_searches_a_baseline(capsys):
     ngram = ["model.arch=ngram_mlp", "model.tie_embeddings=false", "model.d_model=8"]
     code = main(["generate", *ngram, "--prompt", "x", "--kv-cache", "int8"])
     assert code == 2
+
+
+@pytest.mark.parametrize("arch", ["lstm", "ngram_mlp"])
+def test_beam_search_first_step_log_probs_equal_the_full_forward(arch):
+    """Beam search's first expansion scores the prompt's next token: for a recurrent model
+    (which cannot roll its state back) it reruns the prompt; for the n-gram MLP it rolls its
+    token cache back. Either way the log-probabilities equal log_softmax of a full forward's
+    last position (a wrong state, e.g. the last token fed twice, moves them by far more)."""
+    cfg, prompt = CFGS[arch], PROMPTS[0]
+    params = random_params(cfg)
+    engine = Engine(cfg, params, ByteTokenizer(), max_len=16)
+    state = engine.prefill([prompt], [sampling.GREEDY])
+    got = beam._first_logprobs(engine, state, prompt)
+    logits = forward(cfg, params, jnp.asarray([prompt])).logits_BLV[0, -1]
+    np.testing.assert_allclose(got, jax.nn.log_softmax(logits), atol=1e-5)

@@ -22,6 +22,7 @@ from llm.model.cache import init_cache
 from llm.model.quantized import quantize_params
 from llm.peft import METHODS
 from llm.sharding.rules import PRESETS, mesh_spec
+from llm.train.optim import muon_dimensions
 
 forward = jax.jit(eager_forward, static_argnums=0)
 V, D, F, C, Y = 37, 16, 24, 3, 2
@@ -138,7 +139,7 @@ def test_transformer_only_features_are_refused_by_name(arch):
 
 def test_int8_kv_cache_is_refused():
     """ngram_mlp caches token ids: nothing to quantize (the recurrent cache's refusal is
-    requested from llm/model/recurrent.py's owner)."""
+    tested in tests/model/test_recurrent_cache.py)."""
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         init_cache(dataclasses.replace(CFGS["ngram_mlp"], kv_cache_dtype="int8"), 1, 8)
 
@@ -151,3 +152,12 @@ def test_llm_model_prints_a_baselines_counts(capsys):
     text = capsys.readouterr().out
     assert f"{accounting.param_counts(lstm).total:,}" in text
     assert "lstm, no attention" in text
+
+
+def test_muon_orthogonalises_the_ngram_window_weight_as_a_context_embed_by_hidden_matrix():
+    """The window weight [C, D, F] (axes None, embed, mlp) maps the C D concatenated
+    embeddings to F: Muon must reduce over (C, D), not orthogonalise (C F) x D."""
+    cfg = CFGS["ngram_mlp"]
+    dims = muon_dimensions(abstract_params(cfg), logical_axes(cfg))
+    assert tuple(dims["hidden_w"].reduction_axis) == (0, 1)
+    assert tuple(dims["hidden_w"].output_axis) == (2,)

@@ -145,6 +145,7 @@ def test_dropout_changes_the_output_and_none_is_deterministic():
     plain = forward(cfg, params, tokens).logits_BLV
     dropped = forward(cfg, params, tokens, dropout_key=jax.random.key(0)).logits_BLV
     assert not np.allclose(plain, dropped)
+    np.testing.assert_array_equal(plain, forward(cfg, params, tokens).logits_BLV)
 
 
 def test_refusals_name_what_is_wrong():

@@ -2,8 +2,8 @@
 state across calls (truncated BPTT), dropout placement, the Cache protocol and refusals.
 
 Every reference here is the model itself run another way (whole sequence vs one token at a
-time, packed vs alone, one call vs two), so each test pins one invariant of the contract in
-/tmp/brief9/common.md ("RecurrentLM with a cache").
+time, packed vs alone, one call vs two), so each test pins one invariant of the cache
+contract in llm/model/recurrent.py's docstring.
 """
 
 import dataclasses
