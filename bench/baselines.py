@@ -87,6 +87,10 @@ def count_row(name: str, cfg, eval_batches: int) -> dict:
 
 def neural_row(name: str, steps: int, out_dir: Path, eval_batches: int, extra: list) -> dict:
     label, preset = NEURAL_ROWS[name]
+    cfg = load_config(ROOT / "configs" / preset)
+    default = load_config(DEFAULT).train
+    if (cfg.train.seq_len, cfg.train.batch_size) != (default.seq_len, default.batch_size):
+        raise RuntimeError(f"{preset}: rows of another shape than configs/default.yaml's")
     run_dir = out_dir / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume
     overrides = [f"train.steps={steps}", f"train.run_dir={run_dir}",
@@ -101,10 +105,6 @@ def neural_row(name: str, steps: int, out_dir: Path, eval_batches: int, extra: l
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if r.get("split") == "val"][-1]
     train_s = sum(r.get("step_s", 0.0) for r in records if r.get("split") == "train")
-    cfg = load_config(ROOT / "configs" / preset)
-    default = load_config(DEFAULT).train
-    if (cfg.train.seq_len, cfg.train.batch_size) != (default.seq_len, default.batch_size):
-        raise RuntimeError(f"{preset}: rows of another shape than configs/default.yaml's")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(cfg.model)))
     return {"row": name, "model": label, "bpb": val["bpb"], "params": params,
             "param_kind": "weights", "train_s": train_s, "wall_s": wall, "steps": steps,
