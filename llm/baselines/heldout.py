@@ -10,8 +10,7 @@ targets, and bits per byte = nats / ln 2 / bytes (Gao et al. 2020, "The Pile"). 
 conditions on the whole document history where the Transformer sees only its row: the same
 targets and bytes, each model with the context it can use.
 
-`count_bytes` repeats the three lines of `llm.train.evaluate.count_bytes` because baselines do
-not import `llm.train`; tests/baselines/test_ngram.py checks the two agree on a real split.
+Bytes are counted by `llm.data.packing.count_bytes`, the function `evaluate` uses.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from llm.config import DataConfig
-from llm.data.packing import PackedRows
+from llm.data.packing import PackedRows, count_bytes
 from llm.data.shards import TokenShard
 from llm.data.tokenized import load_shards
 
@@ -31,11 +30,6 @@ def split_documents(data_cfg: DataConfig, tokenizer: Any) -> dict[str, TokenShar
     """split name -> token shard of the configured corpus (tokenized once, cached)."""
     shards, _, _ = load_shards(data_cfg, tokenizer)
     return shards
-
-
-def count_bytes(tokenizer: Any, targets_L: np.ndarray, mask_L: np.ndarray) -> int:
-    """UTF-8 bytes one row's masked targets decode to (special ids decode to nothing)."""
-    return len(tokenizer.decode([int(i) for i in targets_L[mask_L > 0]]).encode("utf-8"))
 
 
 def heldout_metrics(

@@ -72,6 +72,15 @@ class PackedRows:
         }
 
 
+def count_bytes(tokenizer, targets_BL: np.ndarray, mask_BL: np.ndarray) -> int:
+    """UTF-8 bytes the masked targets of packed rows ([B, L] or one row [L]) decode to,
+    row by row (special ids decode to nothing): the denominator of bits per byte."""
+    total = 0
+    for ids, mask in zip(np.atleast_2d(targets_BL), np.atleast_2d(mask_BL), strict=True):
+        total += len(tokenizer.decode([int(i) for i in ids[mask > 0]]).encode("utf-8"))
+    return total
+
+
 def pack_reference(docs: list[list[int]], seq_len: int, pad_id: int) -> list[Row]:
     """The same packing with Python lists: one pass over documents, one token at a time."""
     stream = [(tok, d) for d, ids in enumerate(docs) for tok in ids]

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.data.packing import count_bytes
 from llm.model import forward
 from llm.model.extras import Extras
 from llm.ops.cross_entropy import cross_entropy_plain
@@ -38,14 +39,6 @@ def _eval_sums(
     )
     _, ce = cross_entropy_plain(out.logits_BLV, batch["targets"], batch["loss_mask"])
     return ce
-
-
-def count_bytes(tokenizer: Any, targets_BL: np.ndarray, mask_BL: np.ndarray) -> int:
-    """UTF-8 bytes the masked targets decode to, row by row."""
-    total = 0
-    for ids, mask in zip(targets_BL, mask_BL, strict=True):
-        total += len(tokenizer.decode([int(i) for i in ids[mask > 0]]).encode("utf-8"))
-    return total
 
 
 def evaluate(
