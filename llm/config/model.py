@@ -23,7 +23,7 @@ GATED_ACTIVATIONS = ("swiglu", "geglu")
 # switches of the attention and its blocks that a baseline arch would silently ignore
 TRANSFORMER_ONLY = (
     "n_kv_heads", "head_dim", "qk_norm", "rope_scaling", "sliding_window", "attn_logit_softcap",
-    "attention_impl", "qkv_bias", "out_bias", "mlp_bias", "attn_dropout", "remat",
+    "attention_impl", "qkv_bias", "out_bias", "mlp_bias", "attn_dropout", "remat", "residual",
 )  # fmt: skip
 
 
@@ -71,6 +71,7 @@ class ModelConfig:
     resid_dropout: float = 0.0  # dropout rate on each residual branch output
     init_std: float = 0.02  # std of the normal initialiser for weight matrices
     scale_residual_init: bool = True  # residual out-projections use std / sqrt(2 n_layers) (GPT-2)
+    residual: bool = True  # false: each block's branches replace the stream (an ablation)
     dtype: DType = "float32"  # computation dtype of activations and matmuls
     param_dtype: DType = "float32"  # storage dtype of the parameters
     remat: RematPolicy = "none"  # activation recomputation per block: none|full|dots|dots_no_batch

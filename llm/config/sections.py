@@ -120,6 +120,9 @@ class TrainConfig:
     # truncated BPTT: rnn/lstm/gru carry each stream's recurrent state from step to step in the
     # TrainState (gradients stop at the batch boundary); needs data.order=streams
     tbptt: bool = False
+    # per-layer gradient norms (every step) and activation RMS (each log window's last step)
+    # in metrics.jsonl: layer{i:02d}/grad_norm, embed/act_rms, layer{i:02d}/act_rms
+    layer_stats: bool = False
 
     def __post_init__(self) -> None:
         for key in (

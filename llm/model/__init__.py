@@ -6,6 +6,7 @@ from llm.model.functional import (
     init_params,
     logical_axes,
     prime_cache,
+    readout,
     unembed,
     unstack_layers,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "init_params",
     "logical_axes",
     "prime_cache",
+    "readout",
     "unembed",
     "unstack_layers",
 ]

@@ -24,8 +24,8 @@ from llm.model.extras import SHARED, LayerExtras, shared_mask
 from llm.model.layers import Linear, RMSNorm
 from llm.model.outputs import LayerOutput
 from llm.ops import masks
-from llm.ops.attention import attention
-from llm.ops.attention_xla import attention_reference
+from llm.ops.attention import attention, attention_probs
+from llm.ops.attention_xla import attention_reference, mix_values
 from llm.ops.attention_xla_flash import causal_block_count, flash_attention_xla
 from llm.sharding.constraints import constrain
 from llm.typing import Array
@@ -106,10 +106,13 @@ class Attention(nnx.Module):
         dropout_key: Array | None,
         cache: LayerCache | None = None,
         extras: LayerExtras | None = None,
+        *,
+        return_probs: bool = False,
     ) -> LayerOutput:
         """Self-attention; with `cache`, also over the cached keys (the output carries the
         updated cache; else its cache is None). `extras` (prefix / prompt tuning) adds keys
-        shared by every packed document, see `_shared`.
+        shared by every packed document, see `_shared`. `return_probs`: the reference
+        backend's probabilities in `attention_BNLS`, the output mixed from them (no cache).
 
         With a cache the new keys/values are written at slots `positions_BL` of this layer's
         slice first, then the queries attend to the whole slice, masked by kv segment ids.
@@ -134,6 +137,16 @@ class Attention(nnx.Module):
                                     extras, dropout_key)  # fmt: skip
             return LayerOutput(self.o(out_BLNH), None)
         slopes = masks.alibi_slopes(cfg.n_heads) if cfg.pos_encoding == "alibi" else None
+        if return_probs:
+            if dropout_key is not None and cfg.attn_dropout > 0.0:
+                raise ValueError("return_attention reads probabilities without attention dropout")
+            probs_BNLS = attention_probs(
+                q_BLNH, k_BLKH, q_segment_ids_BL=segment_ids_BL, q_positions_BL=positions_BL,
+                sliding_window=cfg.sliding_window, alibi_slopes_N=slopes,
+                softcap=cfg.attn_logit_softcap,
+            )  # fmt: skip
+            out_BLNH = mix_values(probs_BNLS, v_BLKH).astype(q_BLNH.dtype)
+            return LayerOutput(self.o(out_BLNH), None, attention_BNLS=probs_BNLS)
         kv_ids = {}
         if cache is not None:
             (k_all, k_BKSH), (v_all, v_BKSH) = (

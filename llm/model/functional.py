@@ -74,8 +74,12 @@ def forward(
     input_embeddings_BLD: Array | None = None,
     cache: Cache | None = None,
     extras: Extras | None = None,
+    return_attention: bool = False,
 ) -> ModelOutput:
     """Runs the model; `dropout_key=None` is deterministic (evaluation).
+
+    `return_attention` (Transformer only): every layer's attention probabilities in
+    `out.attention_YBNLS`, from the reference backend (llm/interp reads them).
 
     `input_embeddings_BLD` replaces the token-embedding lookup (soft prompts, gradient
     probes); `inputs_BL` still fixes the batch shape.
@@ -98,7 +102,10 @@ def forward(
             f"this model decodes with a KVCache (llm.model.cache.init_cache); got a "
             f"{type(cache).__name__}"
         )
+    if return_attention and not transformer:
+        raise ValueError(f"return_attention: model.arch={cfg.arch!r} has no attention")
     model, layers = _merge(cfg, params)
+    attention = {"return_attention": True} if return_attention else {}  # baselines lack it
     return model(
         inputs_BL,
         positions_BL=positions_BL,
@@ -110,6 +117,7 @@ def forward(
         cache=cache,
         layers=layers,
         extras=extras,
+        **attention,
     )
 
 
@@ -141,6 +149,18 @@ def prime_cache(
 def unembed(cfg: ModelConfig, params: PyTree, hidden_BLD: Array) -> Array:
     """Logits from final hidden states (the output layer alone), for chunked losses."""
     return _merge(cfg, params)[0].logits(hidden_BLD)
+
+
+def readout(cfg: ModelConfig, params: PyTree, hidden_BLD: Array) -> Array:
+    """Logits read from a residual stream at any depth: the final norm (pre-norm models),
+    then the output layer. On the last block's output it equals the forward's logits; on
+    an earlier one it is the logit lens (nostalgebraist, 2020)."""
+    if cfg.arch != "transformer":
+        raise ValueError(f"readout reads a Transformer's residual stream; got arch {cfg.arch!r}")
+    model = _merge(cfg, params)[0]
+    if model.final_norm is not None:
+        hidden_BLD = model.final_norm(hidden_BLD)
+    return model.logits(hidden_BLD)
 
 
 def unstack_layers(params: PyTree) -> PyTree:

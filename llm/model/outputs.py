@@ -27,11 +27,14 @@ class LayerOutput:
     cache: the layer's updated decoding state (`attention.LayerCache`) when it was given
       one, else None.
     aux_losses: named scalar losses this layer adds to the objective (summed over layers).
+    attention_BNLS: the attention probabilities [B, N heads, L queries, S keys] in float32,
+      when the forward asked for them (`return_attention`), else None.
     """
 
     hidden_BLD: Array
     cache: Any = None
     aux_losses: dict[str, Array] = struct.field(default_factory=dict)
+    attention_BNLS: Array | None = None
 
 
 @struct.dataclass
@@ -44,6 +47,9 @@ class ModelOutput:
     aux_losses: named auxiliary losses, each summed over the layers (empty for dense models;
       MoE adds load balancing). The training loss adds them, weighted like its tokens.
     cache: the updated cache (`llm.model.cache.Cache`) when the forward was given one.
+    attention_YBNLS: [Y layers, B, N heads, L queries, S keys] attention probabilities
+      (float32, the reference backend's) when requested with `return_attention`: each row
+      sums to one over the keys the query may see and is zero elsewhere.
     """
 
     logits_BLV: Array | None
@@ -51,6 +57,7 @@ class ModelOutput:
     hidden_states: Array | None = None
     aux_losses: dict[str, Array] = struct.field(default_factory=dict)
     cache: Any = None
+    attention_YBNLS: Array | None = None
 
 
 def merge_aux(*losses: dict[str, Array]) -> dict[str, Array]:

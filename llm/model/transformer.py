@@ -72,28 +72,36 @@ class Block(nnx.Module):
         key: Array | None,
         cache: LayerCache | None = None,
         extras: LayerExtras | None = None,
+        return_attention: bool = False,
     ) -> LayerOutput:
         """The new residual stream, the updated cache (None without one) and the auxiliary
-        losses of the attention and MLP. `extras`: this layer's prefix and adapters."""
+        losses of the attention and MLP. `extras`: this layer's prefix and adapters.
+        `return_attention`: also the attention probabilities (`LayerOutput.attention_BNLS`)."""
         x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
         rate = self.cfg.resid_dropout
         k_attn, k_res1, k_res2 = split_key(key, 3)
         pre = self.cfg.norm_placement == "pre"
         attn = self.attn(
             self.attn_norm(x_BLD) if pre else x_BLD, positions_BL, segment_ids_BL, k_attn, cache,
-            extras,
+            extras, return_probs=return_attention,
         )  # fmt: skip
         attn_h = _adapt(attn.hidden_BLD, extras, "attn")
         if pre:
-            x_BLD = x_BLD + dropout(attn_h, rate, k_res1)
+            x_BLD = self._add(x_BLD, dropout(attn_h, rate, k_res1))
             mlp = self.mlp(self.mlp_norm(x_BLD))
-            x_BLD = x_BLD + dropout(_adapt(mlp.hidden_BLD, extras, "mlp"), rate, k_res2)
+            x_BLD = self._add(x_BLD, dropout(_adapt(mlp.hidden_BLD, extras, "mlp"), rate, k_res2))
         else:
-            x_BLD = self.attn_norm(x_BLD + dropout(attn_h, rate, k_res1))
+            x_BLD = self.attn_norm(self._add(x_BLD, dropout(attn_h, rate, k_res1)))
             mlp = self.mlp(x_BLD)
             mlp_h = _adapt(mlp.hidden_BLD, extras, "mlp")
-            x_BLD = self.mlp_norm(x_BLD + dropout(mlp_h, rate, k_res2))
-        return LayerOutput(x_BLD, attn.cache, merge_aux(attn.aux_losses, mlp.aux_losses))
+            x_BLD = self.mlp_norm(self._add(x_BLD, dropout(mlp_h, rate, k_res2)))
+        return LayerOutput(
+            x_BLD, attn.cache, merge_aux(attn.aux_losses, mlp.aux_losses), attn.attention_BNLS
+        )
+
+    def _add(self, x_BLD: Array, branch_BLD: Array) -> Array:
+        """The residual connection, or (`model.residual=false`) the branch alone."""
+        return x_BLD + branch_BLD if self.cfg.residual else branch_BLD
 
 
 def _adapt(h_BLD: Array, extras: LayerExtras | None, site: str) -> Array:
@@ -134,8 +142,13 @@ class Transformer(nnx.Module):
         cache: kv_cache.KVCache | None = None,
         layers: tuple | None = None,
         extras: Extras | None = None,
+        return_attention: bool = False,
     ) -> ModelOutput:
         """`input_embeddings_BLD`, if given, replaces the token lookup (soft prompts, probes).
+
+        `return_attention`: every layer's attention probabilities in `out.attention_YBNLS`,
+        computed by the reference backend whatever `attention_impl` is (the output then
+        comes from those probabilities too). Not with a cache or prompt / prefix tuning.
 
         `extras` (llm/model/extras.py) adds prompt / prefix tuning and bottleneck adapters;
         the output then still covers exactly the L real tokens.
@@ -152,6 +165,11 @@ class Transformer(nnx.Module):
         if segment_ids_BL is None:
             segment_ids_BL = jnp.ones((B, L), jnp.int32)
         extras = extras or Extras()
+        if return_attention and (cache is not None or extras.n_virtual):
+            raise ValueError(
+                "return_attention reads a full forward's probabilities: not with a KV cache "
+                "or with prompt / prefix tuning's virtual tokens"
+            )
         if cache is not None:
             return self._cached(
                 tokens_BL, segment_ids_BL, cache, return_logits, layers, extras,
@@ -166,9 +184,9 @@ class Transformer(nnx.Module):
             extras.prompt_PD, x_BLD, positions_BL, segment_ids_BL
         )
         x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
-        x_BLD, (per_layer_YBLD, aux_Y) = self._run_blocks(
+        x_BLD, (per_layer_YBLD, aux_Y, attention_YBNLS) = self._run_blocks(
             x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states,
-            layers=layers, extras=extras,
+            attention=return_attention, layers=layers, extras=extras,
         )  # fmt: skip
         if extras.prompt_PD is not None:  # the loss sees the real tokens only
             x_BLD, x0_BLD = x_BLD[:, -L:], x0_BLD[:, -L:]
@@ -186,6 +204,7 @@ class Transformer(nnx.Module):
             hidden_BLD=x_BLD,
             hidden_states=hidden_states,
             aux_losses=sum_layers(aux_Y),
+            attention_YBNLS=attention_YBNLS,
         )
 
     def _cached(
@@ -285,11 +304,13 @@ class Transformer(nnx.Module):
         return jnp.einsum("BLD,DV->BLV", x_BLD, head_DV.astype(dtype))
 
     def _run_blocks(
-        self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, layers, extras: Extras
-    ):
+        self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, attention: bool,
+        layers, extras: Extras,
+    ):  # fmt: skip
         """Scans the stacked blocks (or loops over `layers`, the per-layer params, or over
         slices of the stacked ones); returns the output and, per layer, the block's output
-        (if `collect`, else None) and auxiliary losses."""
+        (if `collect`, else None), auxiliary losses and attention probabilities (if
+        `attention`, else None)."""
         graphdef, stacked = nnx.split(self.blocks)
         keys_Y = None if key is None else jax.random.split(key, self.cfg.n_layers)
         shared = extras.n_virtual > 0
@@ -299,8 +320,9 @@ class Transformer(nnx.Module):
             layer_key = None if keys_Y is None else keys_Y[index]
             block = nnx.merge(graphdef, layer_state)
             out = block(x_BLD, positions_BL, segment_ids_BL, layer_key, None,
-                        LayerExtras.of(sliced, shared))  # fmt: skip
-            return out.hidden_BLD, (out.hidden_BLD if collect else None, out.aux_losses)
+                        LayerExtras.of(sliced, shared), return_attention=attention)  # fmt: skip
+            per_layer = (out.hidden_BLD if collect else None, out.aux_losses, out.attention_BNLS)
+            return out.hidden_BLD, per_layer
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.ops import masks
-from llm.ops.attention_xla import attention_reference
+from llm.ops.attention_xla import attention_reference, attention_weights
 from llm.ops.attention_xla_flash import causal_block_count, flash_attention_xla
 from llm.typing import Array
 
@@ -126,15 +126,7 @@ def _dense(
     softcap,
 ) -> Array:
     """Backends that take a materialised [B, L, S] mask: the references and jax.nn."""
-    q_seg, kv_seg, q_pos, kv_pos = ids
-    mask_BLS = masks.attention_mask(
-        q_seg, kv_seg, q_pos, kv_pos, causal=causal, sliding_window=sliding_window
-    )
-    if index_causal:
-        mask_BLS &= masks.index_causal_mask(q_pos.shape[1])
-    bias_BNLS = None
-    if alibi_slopes_N is not None:
-        bias_BNLS = masks.alibi_bias(alibi_slopes_N, q_pos, kv_pos)
+    mask_BLS, bias_BNLS = _mask_and_bias(ids, alibi_slopes_N, causal, index_causal, sliding_window)
     if impl == "xla":
         return attention_reference(
             q_BLNH,
@@ -155,6 +147,43 @@ def _dense(
         )  # fmt: skip
     _require(softcap is None, "logit soft-capping", impl)
     return _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl)
+
+
+def _mask_and_bias(ids, alibi_slopes_N, causal, index_causal, sliding_window):
+    """The dense mask_BLS of the segment, position, causal and window rules, and the ALiBi
+    bias_BNLS (None without slopes)."""
+    q_seg, kv_seg, q_pos, kv_pos = ids
+    mask_BLS = masks.attention_mask(
+        q_seg, kv_seg, q_pos, kv_pos, causal=causal, sliding_window=sliding_window
+    )
+    if index_causal:
+        mask_BLS &= masks.index_causal_mask(q_pos.shape[1])
+    bias_BNLS = None
+    if alibi_slopes_N is not None:
+        bias_BNLS = masks.alibi_bias(alibi_slopes_N, q_pos, kv_pos)
+    return mask_BLS, bias_BNLS
+
+
+def attention_probs(
+    q_BLNH: Array,
+    k_BSKH: Array,
+    *,
+    q_segment_ids_BL: Array | None = None,
+    q_positions_BL: Array | None = None,
+    sliding_window: int | None = None,
+    alibi_slopes_N: Array | None = None,
+    softcap: float | None = None,
+) -> Array:
+    """The reference's probabilities probs_BNLS (float32) of causal self-attention under the
+    same mask rules as `attention`: for reading, plotting and head analysis (llm/interp)."""
+    if k_BSKH.shape[1] != q_BLNH.shape[1]:
+        raise ValueError(
+            f"attention_probs is for self-attention: {q_BLNH.shape[1]} queries, "
+            f"{k_BSKH.shape[1]} keys"
+        )
+    ids = _default_ids(q_BLNH, k_BSKH, q_segment_ids_BL, None, q_positions_BL, None)
+    mask_BLS, bias_BNLS = _mask_and_bias(ids, alibi_slopes_N, True, True, sliding_window)
+    return attention_weights(q_BLNH, k_BSKH, mask_BLS, bias_BNLS=bias_BNLS, softcap=softcap)
 
 
 def choose_impl(

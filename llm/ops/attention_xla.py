@@ -27,6 +27,23 @@ def attention_reference(
     dropout_key: Array | None = None,
 ) -> Array:
     """softmax(q k^T / sqrt(H) [+ bias], masked) v; rows with no visible key give zeros."""
+    probs_BNLS = attention_weights(q_BLNH, k_BSKH, mask_BLS, bias_BNLS=bias_BNLS, softcap=softcap)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs_BNLS.shape)
+        probs_BNLS = jnp.where(keep, probs_BNLS / (1.0 - dropout_rate), 0.0)
+    return mix_values(probs_BNLS, v_BSKH)
+
+
+def attention_weights(
+    q_BLNH: Array,
+    k_BSKH: Array,
+    mask_BLS: Array,
+    *,
+    bias_BNLS: Array | None = None,
+    softcap: float | None = None,
+) -> Array:
+    """The attention probabilities probs_BNLS in float32 (query head n = kv head n // G):
+    each row sums to one over its visible keys; rows with none are zero."""
     B, L, N, H = q_BLNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
     q_BLKGH = q_BLNH.reshape(B, L, K, N // K, H)
@@ -41,8 +58,12 @@ def attention_reference(
     logits_BKGLS = jnp.where(mask_B11LS, logits_BKGLS, NEG_INF)
     probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1)
     probs_BKGLS = jnp.where(mask_B11LS.any(-1, keepdims=True), probs_BKGLS, 0.0)
-    if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs_BKGLS.shape)
-        probs_BKGLS = jnp.where(keep, probs_BKGLS / (1.0 - dropout_rate), 0.0)
-    out_BLKGH = jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS.astype(v_BSKH.dtype), v_BSKH)
-    return out_BLKGH.reshape(B, L, N, H)
+    return probs_BKGLS.reshape(B, N, L, S)
+
+
+def mix_values(probs_BNLS: Array, v_BSKH: Array) -> Array:
+    """out_BLNH = probs v, each query head reading its kv head's values."""
+    B, N, L, S = probs_BNLS.shape
+    K, H = v_BSKH.shape[2:]
+    probs_BKGLS = probs_BNLS.reshape(B, K, N // K, L, S).astype(v_BSKH.dtype)
+    return jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH).reshape(B, L, N, H)

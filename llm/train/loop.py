@@ -57,6 +57,7 @@ from llm.sharding import make_mesh, with_activation_sharding
 from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
 from llm.train.build import memory_report, run_trainable, state_layout
+from llm.train.layer_stats import make_activation_stats
 from llm.train.losses import Loss, check_batch_leaves, make_loss
 from llm.train.losses.causal_lm import StreamCausalLMLoss
 from llm.train.metrics import MetricsLogger, measure_peak_flops
@@ -107,6 +108,11 @@ class Trainer:
         self.base_trainable = trainable  # None: what cfg describes
         self.layout = state_layout(cfg, self.plan, run_trainable(cfg, self.loss, trainable))
         self.batch_sharding = batch_shardings(self.plan, self.loss.batch_axes)
+        self.act_stats = (  # per-layer activation RMS (llm/train/layer_stats.py)
+            make_activation_stats(cfg, self.loss.batch_axes, self.layout.split.params, self.plan)
+            if t.layer_stats
+            else None
+        )
         loss_fn = self.loss.carried if t.tbptt else self.loss  # truncated BPTT carries state
         self.step_fn = make_train_step(
             cfg,
@@ -331,11 +337,13 @@ def _train(tr: Trainer, flag: SignalFlag, log: MetricsLogger) -> tuple[float | N
     try:
         while step < t.steps and flag.name is None:
             _profile(tr, step)
-            batch = next(tr.batches)
+            host_batch = next(tr.batches)
             tr.drawn += 1
-            tr.state, metrics = tr.step_fn(tr.state, tr.put(batch))  # global arrays from rows
+            batch = tr.put(host_batch)  # global arrays from this process's rows
+            stats = _layer_activations(tr, batch, step + 1)  # before the step donates params
+            tr.state, metrics = tr.step_fn(tr.state, batch)
             step += 1
-            window.add(step, metrics)
+            window.add(step, {**metrics, **stats})
             if step == tr.start + 1:
                 window.exclude_compile()
             evaluating = bool(t.eval_every) and step % t.eval_every == 0 and step < t.steps
@@ -355,6 +363,18 @@ def _train(tr: Trainer, flag: SignalFlag, log: MetricsLogger) -> tuple[float | N
         _save_before_failing(tr, window, log, rates)
         raise
     return loss, _finish(tr, flag, log, step)
+
+
+def _layer_activations(tr: Trainer, batch: dict[str, jax.Array], step: int) -> dict[str, Any]:
+    """`train.layer_stats`' activation RMS of `batch` under the params step `step` starts
+    from, on the run's first step (compiled while that step is untimed), every log_every-th
+    step and the last; {} otherwise."""
+    t = tr.cfg.train
+    if tr.act_stats is None or not (
+        step == tr.start + 1 or step % t.log_every == 0 or step == t.steps
+    ):
+        return {}
+    return tr.act_stats(tr.state.params, tr.state.frozen, batch)
 
 
 def _finish(tr: Trainer, flag: SignalFlag, log: MetricsLogger, step: int) -> str | None:

