@@ -146,17 +146,16 @@ def norm_table(flows: dict[str, np.ndarray], every: int = 10) -> str:
 
 def plot_grad_flow(panels: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
     """One panel per entry of `panels` (title -> curves), ||dL/dh_t|| against t on a log axis,
-    one line per curve, written as a PNG. Needs matplotlib (the `plot` extra); the Agg
-    backend, so no display is used."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    one line per curve, written as a PNG. Needs matplotlib (the `plot` extra). Drawn on a
+    `Figure` of its own, not through pyplot: no display, and a notebook's backend and open
+    figures are left alone."""
+    from matplotlib.figure import Figure
 
     if not panels or not all(panels.values()):
         raise ValueError("plot_grad_flow needs at least one panel, each with at least one curve")
     path = Path(path)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    fig = Figure(figsize=(6.5 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, flows) in zip(axes[0], panels.items(), strict=True):
         for name, norms_T in flows.items():
             ax.semilogy(np.arange(1, len(norms_T) + 1), norms_T, label=name)
@@ -165,5 +164,4 @@ def plot_grad_flow(panels: dict[str, dict[str, np.ndarray]], path: str | Path) -
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

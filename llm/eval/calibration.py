@@ -219,20 +219,17 @@ def reliability_diagram(
 ) -> Path:
     """PNG: per-bin accuracy bars against the diagonal, the gap shaded, item counts below.
 
-    Needs matplotlib (the `plot` extra); the Agg backend, so no display is used.
+    Needs matplotlib (the `plot` extra). Drawn on a `Figure` of its own, not through pyplot:
+    no display, and a notebook's backend and open figures are left alone.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     conf, correct = top_label(probs, labels)
     bins = confidence_bins(conf, correct, n_bins)
     width, left = np.diff(bins.edges), bins.edges[:-1]
     used = bins.count > 0
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    fig = Figure(figsize=(5, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(left[used], bins.accuracy[used], width[used], align="edge", color="tab:blue",
             edgecolor="black", label="accuracy")  # fmt: skip
     gap_low = np.minimum(bins.accuracy, bins.confidence)[used]
@@ -251,5 +248,4 @@ def reliability_diagram(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -196,21 +196,19 @@ def compute_optimal(law: ScalingLaw, flops: Any) -> tuple[Any, Any]:
 def plot_law(fitted: Sequence[Any], held: Sequence[Any], path: str | Path) -> ScalingLaw:
     """Loss vs D per N (points, fitted curves, held-out stars) and the iso-FLOP view, as PNG.
 
-    `fitted` and `held` are `llm.eval.sweep.RunResult`s; the law is fitted on `fitted`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    `fitted` and `held` are `llm.eval.sweep.RunResult`s; the law is fitted on `fitted`.
+    Drawn on a `Figure` of its own, not through pyplot (a notebook's backend is left alone)."""
+    from matplotlib.figure import Figure
 
     law = fit_law(*(np.array([getattr(r, k) for r in fitted], float)
                     for k in ("n_params", "tokens", "val_loss")))  # fmt: skip
-    fig, (ax_d, ax_c) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax_d, ax_c = fig.subplots(1, 2)
     _draw_loss_vs_tokens(ax_d, law, fitted, held)
     _draw_iso_flops(ax_c, law, [*fitted, *held])
     fig.suptitle(f"L(N, D) = E + A/N^alpha + B/D^beta: {law.describe()}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return law
 
 
