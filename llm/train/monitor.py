@@ -68,20 +68,30 @@ def flush(
     fetched = jax.device_get([m for _, m in window.pending])
     elapsed = time.perf_counter() - window.t0
     n = len(fetched)
-    step_s = elapsed / max(n - window.untimed, 1)
-    tokens_per_step, flops_per_tok, peak = rates
-    tokens_per_s = tokens_per_step / step_s
+    timing = _timing(elapsed, n - window.untimed, rates)
     for (step, _), m in zip(window.pending, fetched, strict=True):
         if not bool(m["finite"]):
             raise TrainingDiverged(diverged_message(step, m))
         record = {k: v for k, v in m.items() if k not in ("finite", "grad_finite")}
         record.update(derive(record))
-        record.update(step_s=step_s, tokens_per_s=tokens_per_s)
-        record["mfu"] = flops_per_tok * tokens_per_s / peak
+        record.update(timing)
         log.log(step, record)
     last = fetched[-1]
     log.advance(n, float(last["loss"]))
     return float(last["loss"])
+
+
+def _timing(elapsed: float, timed_steps: int, rates: tuple[int, float, float]) -> dict:
+    """step_s, tokens_per_s and mfu of a window's timed steps; none when it holds only the
+    compiling step (e.g. `log_every=1`): its time is compilation, and dividing what little
+    time followed it by one step reported absurd rates (mfu 754 in one run)."""
+    if timed_steps <= 0:
+        return {}
+    tokens_per_step, flops_per_tok, peak = rates
+    step_s = elapsed / timed_steps
+    tokens_per_s = tokens_per_step / step_s
+    mfu = flops_per_tok * tokens_per_s / peak
+    return {"step_s": step_s, "tokens_per_s": tokens_per_s, "mfu": mfu}
 
 
 def diverged_message(step: int, m: dict[str, Any]) -> str:
