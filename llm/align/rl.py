@@ -109,6 +109,9 @@ class RLTrainer:
                              f"(data.format={cfg.data.format!r})")  # fmt: skip
         if jax.process_count() > 1:
             raise ValueError("the RL loop runs in one process (rollouts are generated on it)")
+        if t.layer_stats:
+            raise ValueError("train.layer_stats is read by llm.train.train; the RL loop does "
+                             "not log per-layer statistics (set it false)")  # fmt: skip
         loss = loss if loss is not None else make_loss(cfg)
         if not isinstance(loss, RLLoss):
             raise ValueError(f"loss {loss.name!r} is not an RL loss (llm/train/losses/rl.py)")

@@ -230,6 +230,11 @@ def check_transformer(cfg: ModelConfig, what: str) -> None:
             f"{what} writes Transformer architectures (GPT-2, Llama); model.arch="
             f"{cfg.arch!r} has no such counterpart: keep the checkpoint in our format"
         )
+    if not cfg.residual:
+        raise UnsupportedConfig(
+            f"{what}: model.residual=false has no counterpart (every exported architecture "
+            "adds its blocks' outputs to the residual stream): keep the checkpoint in our format"
+        )
 
 
 def hf_model_type(cfg: ModelConfig) -> str:

@@ -30,12 +30,13 @@ def _figure(width_in: float, height_in: float):
     return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
 
 
-def _save(fig, path) -> Path:
+def save_png(fig, path, *, dpi: int = DPI) -> Path:
+    """Writes `fig` as PNG at `path` (which must end in .png), creating its folder."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"heatmaps are written as PNG: {path} does not end in .png")
+        raise ValueError(f"plots are written as PNG: {path} does not end in .png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)
+    fig.savefig(path, format="png", dpi=dpi)
     return path
 
 
@@ -82,7 +83,7 @@ def plot_attention(
         _label_axes(ax, labels)
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_head_scores(scores_YN, path, *, title: str | None = None) -> Path:
@@ -109,4 +110,4 @@ def plot_head_scores(scores_YN, path, *, title: str | None = None) -> Path:
     fig.colorbar(image, ax=ax)
     if title:
         ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)

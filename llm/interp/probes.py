@@ -21,9 +21,11 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import scipy.optimize
+import scipy.special
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,7 @@ class LinearProbe:
         return ((x_ND - self.mean_D) / self.scale_D) @ self.coef_DC + self.intercept_C
 
     def predict_proba(self, features_ND) -> np.ndarray:
-        return _softmax(self.logits(features_ND))
+        return scipy.special.softmax(self.logits(features_ND), axis=1)
 
     def predict(self, features_ND) -> np.ndarray:
         return np.argmax(self.logits(features_ND), axis=1)
@@ -82,7 +84,7 @@ def fit_probe(
     def objective(theta):
         W_DC, b_C = theta[: D * C].reshape(D, C), theta[D * C :]
         logits_NC = z_ND @ W_DC + b_C
-        logp_NC = logits_NC - _logsumexp(logits_NC)
+        logp_NC = scipy.special.log_softmax(logits_NC, axis=1)
         loss = -np.mean(np.sum(onehot_NC * logp_NC, axis=1)) + 0.5 * l2 * np.sum(W_DC**2)
         err_NC = (np.exp(logp_NC) - onehot_NC) / len(z_ND)
         grad_W = z_ND.T @ err_NC + l2 * W_DC
@@ -92,6 +94,9 @@ def fit_probe(
         objective, np.zeros(D * C + C), jac=True, method="L-BFGS-B",
         options={"maxiter": max_iter, "gtol": 1e-10, "ftol": 1e-14},
     )  # fmt: skip
+    if result.status == 1:  # 2 (a line-search stop at this tolerance) is benign
+        warnings.warn(f"fit_probe: L-BFGS stopped at max_iter={max_iter} before converging; "
+                      "raise max_iter", stacklevel=2)  # fmt: skip
     W_DC, b_C = result.x[: D * C].reshape(D, C), result.x[D * C :]
     return LinearProbe(mean_D, scale_D, W_DC, b_C - b_C.mean())
 
@@ -145,12 +150,3 @@ def _labels(labels_N, n: int, n_classes: int | None) -> np.ndarray:
         raise ValueError(f"labels must be in [0, n_classes={n_classes}); got "
                          f"[{y_N.min()}, {y_N.max()}]")  # fmt: skip
     return y_N
-
-
-def _logsumexp(logits_NC: np.ndarray) -> np.ndarray:
-    top_N1 = logits_NC.max(axis=1, keepdims=True)
-    return top_N1 + np.log(np.exp(logits_NC - top_N1).sum(axis=1, keepdims=True))
-
-
-def _softmax(logits_NC: np.ndarray) -> np.ndarray:
-    return np.exp(logits_NC - _logsumexp(logits_NC))

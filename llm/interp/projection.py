@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.interp.heatmaps import save_png
 from llm.typing import Array
 
 SKLEARN_HINT = "pip install scikit-learn (or the notebooks extra: pip install -e '.[notebooks]')"
@@ -148,9 +149,7 @@ def plot_points(
         ax.legend(fontsize=8, markerscale=1.5)
     ax.set(title=title or "")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120, format="png")
-    return path
+    return save_png(fig, path, dpi=120)
 
 
 def _colours(n: int) -> list:

@@ -176,6 +176,9 @@ def attention_probs(
 ) -> Array:
     """The reference's probabilities probs_BNLS (float32) of causal self-attention under the
     same mask rules as `attention`: for reading, plotting and head analysis (llm/interp)."""
+    N, K = q_BLNH.shape[2], k_BSKH.shape[2]
+    if N % K:
+        raise ValueError(f"query heads {N=} must be a multiple of key/value heads {K=}")
     if k_BSKH.shape[1] != q_BLNH.shape[1]:
         raise ValueError(
             f"attention_probs is for self-attention: {q_BLNH.shape[1]} queries, "

@@ -138,6 +138,7 @@ def test_a_loss_that_is_not_rl_is_refused(tmp_path):
         (["data.format=chat"], "set data.format=prompts"),
         (["train.seq_len=40"], "raise train.seq_len or shorten the prompts"),
         (["rl.rewards=[arithmetic,length]"], r"\['length'\] not registered"),
+        (["train.layer_stats=true"], "the RL loop does not log per-layer statistics"),
     ],
 )
 def test_bad_runs_are_refused_before_training(tmp_path, overrides, message):

@@ -7,6 +7,7 @@ import json
 import pytest
 from hf_models import ARCHS, hf_config
 
+from llm.config import ModelConfig
 from llm.interop.hf_config import (
     UnsupportedConfig,
     hf_config_from_model,
@@ -93,3 +94,10 @@ def test_transformers_4_style_config_is_read():
     old |= {"is_llama_config": True, "transformers.js_config": {}}
     cfg = model_config_from_hf(old)
     assert (cfg.rope_theta, cfg.rope_scaling, cfg.param_dtype) == (1e5, "none", "float32")
+
+
+def test_a_model_without_residual_connections_is_not_exported():
+    # every Hugging Face / GGUF architecture adds the blocks' outputs to the stream
+    cfg = ModelConfig(pos_encoding="rope", norm="rmsnorm", activation="swiglu", residual=False)
+    with pytest.raises(UnsupportedConfig, match=r"model\.residual=false"):
+        hf_model_type(cfg)

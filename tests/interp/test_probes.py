@@ -109,3 +109,11 @@ def test_bad_layer_probe_inputs_are_named():
     probe = fit_probe(np.eye(4), np.array([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="D=3; the probe was fit on D=4"):
         probe.predict(np.zeros((2, 3)))
+
+
+def test_a_probe_stopped_before_convergence_warns():
+    rng = np.random.default_rng(0)
+    x_ND = rng.normal(size=(200, 16))
+    y_N = (x_ND @ rng.normal(size=16) > 0).astype(int)
+    with pytest.warns(UserWarning, match="before converging"):
+        fit_probe(x_ND, y_N, max_iter=2)

@@ -104,9 +104,12 @@ def test_plot_points_writes_a_png(tmp_path):
     x_ND, labels_N = _clusters(per=5)
     x_N2 = pca(x_ND, 2).projected_NK
     names = [f"cluster {i}" for i in labels_N]
-    path = plot_points(x_N2, names, tmp_path / "points.png", title="PCA", texts=list("abcde") * 3)
-    assert path == tmp_path / "points.png"
+    out = tmp_path / "new_folder" / "points.png"  # its folder is created
+    path = plot_points(x_N2, names, out, title="PCA", texts=list("abcde") * 3)
+    assert path == out
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+    with pytest.raises(ValueError, match=r"does not end in \.png"):
+        plot_points(x_N2, names, tmp_path / "points.jpg")
     with pytest.raises(ValueError, match="2 labels for 15 points"):
         plot_points(x_N2, ["a", "b"], tmp_path / "bad.png")
     with pytest.raises(ValueError, match=r"\[N, 2\] points"):

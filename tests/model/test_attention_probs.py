@@ -7,11 +7,14 @@ in NumPy from the params.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from llm.model import forward
 from llm.model.cache import init_cache
+from llm.model.extras import Extras
+from llm.ops.attention import attention_probs
 from tests.model.conftest import make_cfg, params_for
 
 # two packed documents then padding (segment 0) in row 0; one document and padding in row 1
@@ -140,6 +143,19 @@ def test_refused_for_an_arch_without_attention():
     cfg = make_cfg(arch="gru")
     with pytest.raises(ValueError, match="arch='gru' has no attention"):
         forward(cfg, params_for(cfg), TOKENS_BL, return_attention=True)
+
+
+def test_refused_with_prompt_tuning():
+    cfg = make_cfg()
+    extras = Extras(prompt_PD=jnp.zeros((3, cfg.d_model)))
+    with pytest.raises(ValueError, match="prompt / prefix tuning"):
+        forward(cfg, params_for(cfg), TOKENS_BL, extras=extras, return_attention=True)
+
+
+def test_attention_probs_names_a_bad_head_split():
+    q_BLNH, k_BSKH = jnp.zeros((1, 4, 3, 8)), jnp.zeros((1, 4, 2, 8))
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        attention_probs(q_BLNH, k_BSKH)
 
 
 def test_refused_with_attention_dropout():
