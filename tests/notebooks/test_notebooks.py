@@ -50,7 +50,7 @@ def _one_device(xla_flags: str) -> str:
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_notebook_executes(path: Path) -> None:
+def test_notebook_executes(path: Path, tmp_path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
@@ -61,6 +61,7 @@ def test_notebook_executes(path: Path) -> None:
     )
     env = {**os.environ, SMOKE_FLAG: "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     env["XLA_FLAGS"] = _one_device(env.get("XLA_FLAGS", ""))
+    env["TMPDIR"] = str(tmp_path)  # the notebooks' mkdtemp() folders (runs, SmolLM2: 334 MB)
     try:
         client.execute(env=env)
         return
