@@ -184,10 +184,10 @@ def test_from_gguf_keep_quantized_command(imported, tmp_path, capsys):
 @pytest.mark.slow
 def test_smollm2_kept_logits_equal_the_dequantized_import(tmp_path):
     """SmolLM2-135M (Q4_1 blocks, a Q8_0 tied table): 211 QArrays, the same logits (~1 min)."""
-    from test_smollm2 import smollm2_file
+    from llm.interop import smollm2_gguf
 
-    import_gguf(smollm2_file(), tmp_path / "float")
-    import_gguf(smollm2_file(), tmp_path / "kept", keep_quantized=True)
+    import_gguf(smollm2_gguf(), tmp_path / "float")
+    import_gguf(smollm2_gguf(), tmp_path / "kept", keep_quantized=True)
     reference, kept = load_model(tmp_path / "float"), load_model(tmp_path / "kept")
     stored = json.loads((tmp_path / "kept" / "source.json").read_text())["tensors"]
     assert stored["kept"] == {"Q8_0": 1, "Q4_1": 210} and stored["dequantized"] == {}

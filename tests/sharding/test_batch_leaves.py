@@ -112,7 +112,12 @@ def test_pair_loss_sharded_equals_one_device(preset, pair_spec, one_device):
     assert placed["weight_B"].sharding.spec == P(("data", "fsdp"))
     assert len(placed["weight_B"].sharding.device_set) == 8
     want_losses, want_params, _ = one_device
-    np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+    # tp_sp splits every matmul's contraction over the model axis and the sequence sums over
+    # the sequence axis: float32 partial sums added in another order. Measured on an AVX-512
+    # EPYC (2026-12-07): step-0 loss 1.7e-6 relative from one device, deterministically (at
+    # this commit's parent too; an earlier CI machine was within 1e-6); dp and fsdp split no
+    # sum inside an example and stay within 1e-6.
+    np.testing.assert_allclose(losses, want_losses, rtol=5e-6 if preset == "tp_sp" else 1e-6)
     assert losses[0] != losses[1]  # the step changed the params: the comparison is not vacuous
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(want_params), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
