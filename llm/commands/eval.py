@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<24} {split:<11} {cols}")
     e = cfg.eval
     prompt = e.prompt if args.prompt is None else args.prompt
+    if not cfg.model.causal:
+        print("no samples: model.causal=false is an encoder, which does not generate text")
+        return 0
     for i in range(e.samples if args.samples is None else args.samples):
         text = sample(
             cfg.model, params, tokenizer, prompt, max_new_tokens=e.sample_tokens,

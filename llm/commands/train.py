@@ -90,8 +90,17 @@ def _print_samples(cfg, params) -> None:
     from llm.tokenizers import load_tokenizer
     from llm.train.sample import sample
 
+    if cfg.eval.samples and not cfg.model.causal:
+        print("no samples: model.causal=false is an encoder, which does not generate text")
+        return
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     e = cfg.eval
+    if cfg.model.arch == "t5" and e.samples:  # no free text: validation sources, decoded
+        from llm.eval.seq2seq import seq2seq_samples
+
+        print("--- greedy decoding of validation rows (seq2seq_generate) ---")
+        print("\n".join(seq2seq_samples(cfg, params, tokenizer, e.samples)))
+        return
     for i in range(e.samples):
         text = sample(
             cfg.model, params, tokenizer, e.prompt, max_new_tokens=e.sample_tokens,

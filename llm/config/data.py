@@ -7,11 +7,12 @@ from typing import Literal
 from llm.config.base import check, config_class
 
 SourceFormat = Literal[
-    "auto", "txt", "jsonl", "parquet", "hf", "chat", "classification", "preference", "prompts"
-]
+    "auto", "txt", "jsonl", "parquet", "hf", "chat", "classification", "preference", "prompts",
+    "seq2seq",
+]  # fmt: skip
 Normalization = Literal["NFC", "NFKC", "none"]
 EncodingErrors = Literal["strict", "replace"]
-Objective = Literal["causal", "mlm"]
+Objective = Literal["causal", "mlm", "span_corruption"]
 Overlong = Literal["error", "skip"]
 Order = Literal["shuffled", "streams"]
 PACKED_FORMATS = ("auto", "txt", "jsonl", "parquet", "hf")  # formats packed into rows
@@ -25,7 +26,8 @@ class DataConfig:
     format: SourceFormat = "auto"  # reader for `corpus`; auto by extension; chat = SFT JSONL;
     # classification = {"text", "label"} JSONL (llm/data/classification.py); preference =
     # chosen/rejected pairs or KTO's labelled completions (llm/data/preference.py); prompts =
-    # RL prompts with optional answers (llm/data/prompts.py)
+    # RL prompts with optional answers (llm/data/prompts.py); seq2seq = {"source", "target"}
+    # JSONL or a generated "task:<name>" (llm/data/seq2seq.py, seq2seq_tasks.py)
     text_field: str = "text"  # JSONL key / Parquet column / HF dataset column holding the text
     txt_separator: str | None = None  # .txt: line that separates documents; null = one per file
     hf_split: str = "train"  # split read from a Hugging Face dataset (format=hf)
@@ -52,8 +54,11 @@ class DataConfig:
     shingle_words: int = 5  # words per shingle for MinHash
     add_bos: bool = True  # prepend the tokenizer's BOS id to every document
     add_eos: bool = True  # append the tokenizer's EOS id to every document
-    objective: Objective = "causal"  # causal LM batches, or BERT-style masked LM (80/10/10)
+    # causal LM batches, BERT-style masked LM (80/10/10), or T5 span corruption (pair batches)
+    objective: Objective = "causal"
     mlm_rate: float = 0.15  # fraction of tokens selected for masked-LM prediction
+    span_density: float = 0.15  # span_corruption (T5): fraction of a row's tokens cut out
+    span_mean_length: float = 3.0  # span_corruption: mean length of a cut-out span, in tokens
     sft_overlong: Overlong = "error"  # chat example longer than seq_len: error, or skip+count
     # train row order: shuffled = rows shuffled every epoch; streams = the packed rows cut into
     # train.batch_size contiguous streams, batch k row b = k-th row of stream b (Zaremba et al.
@@ -102,3 +107,19 @@ class DataConfig:
         check(0.0 < self.mlm_rate < 1.0, "mlm_rate", "must be in (0, 1)")
         check(self.read_threads >= 0, "read_threads", "must be non-negative")
         check(self.prefetch >= 0, "prefetch", "must be non-negative")
+        self._check_seq2seq()
+
+    def _check_seq2seq(self) -> None:
+        """Span corruption cuts packed text; seq2seq pairs are trained as given."""
+        check(
+            self.objective != "span_corruption" or self.format in PACKED_FORMATS,
+            "objective",
+            f"span_corruption corrupts packed text rows; data.format={self.format} has none",
+        )
+        check(
+            self.format != "seq2seq" or self.objective == "causal",
+            "objective",
+            "data.format=seq2seq trains (source, target) pairs as given; use objective=causal",
+        )
+        check(0.0 < self.span_density < 1.0, "span_density", "must be in (0, 1)")
+        check(self.span_mean_length >= 1.0, "span_mean_length", "must be >= 1 token")

@@ -61,6 +61,32 @@ class SFTLossConfig:
         CausalLMLossConfig.__post_init__(self)
 
 
+@config_class
+class Seq2SeqLossConfig:
+    """Encoder-decoder target cross-entropy (llm/train/losses/seq2seq.py): T5 span corruption
+    or (source, target) pairs; validation adds token accuracy and bits per target byte."""
+
+    name: Literal["seq2seq"] = "seq2seq"  # the loss this section configures
+    z_loss: float = 0.0  # weight of the z-loss log(Z)^2 per target token
+    label_smoothing: float = 0.0  # probability mass spread uniformly over the vocabulary
+
+    def __post_init__(self) -> None:
+        check(self.z_loss >= 0, "z_loss", "must be non-negative")
+        check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+
+
+@config_class
+class MLMLossConfig:
+    """Masked language modelling (llm/train/losses/mlm.py): cross-entropy on the tokens
+    data.objective=mlm selected; validation adds masked-token accuracy. Encoder only."""
+
+    name: Literal["mlm"] = "mlm"  # the loss this section configures
+    label_smoothing: float = 0.0  # probability mass spread uniformly over the vocabulary
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+
+
 ClassifierHead = Literal["linear", "label_tokens"]
 Pooling = Literal["last", "mean"]
 
@@ -135,6 +161,8 @@ def _tag(value: object) -> str | None:
 LossConfig = Annotated[
     Annotated[CausalLMLossConfig, pydantic.Tag("causal_lm")]
     | Annotated[SFTLossConfig, pydantic.Tag("sft")]
+    | Annotated[MLMLossConfig, pydantic.Tag("mlm")]
+    | Annotated[Seq2SeqLossConfig, pydantic.Tag("seq2seq")]
     | Annotated[ClassificationLossConfig, pydantic.Tag("classification")]
     | Annotated[DistillLossConfig, pydantic.Tag("distill")]
     | Annotated[RewardLossConfig, pydantic.Tag("reward")]
@@ -151,6 +179,8 @@ LossConfig = Annotated[
 LOSS_CONFIGS: dict[str, type] = {
     "causal_lm": CausalLMLossConfig,
     "sft": SFTLossConfig,
+    "mlm": MLMLossConfig,
+    "seq2seq": Seq2SeqLossConfig,
     "classification": ClassificationLossConfig,
     "distill": DistillLossConfig,
     **ALIGN_LOSS_CONFIGS,

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-DATA_AXES = ("data", "fsdp")  # mesh axes that split the batch (ZeRO/FSDP shards it too)
+DATA_AXES = ("data", "fsdp", "expert")  # mesh axes that split the batch (FSDP, MoE's EP too)
 
 
 def batch_sharding(mesh: Mesh, data_axes: tuple[str, ...] = DATA_AXES) -> NamedSharding:

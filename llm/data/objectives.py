@@ -100,6 +100,11 @@ def span_corruption_lengths(max_len: int, density: float, mean_span: float) -> t
     return n_in, n_out
 
 
+def span_sentinels(max_len: int, density: float, mean_span: float) -> int:
+    """Most sentinels `span_corrupt` writes for 2..max_len tokens (ids the vocab must cover)."""
+    return max(_noise_counts(n, density, mean_span)[1] for n in range(2, max_len + 1))
+
+
 def span_corruption_row(
     row: Row,
     rng: np.random.Generator,

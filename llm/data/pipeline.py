@@ -5,7 +5,7 @@ The grain pipeline, all of it random access (`MapDataset`), so that one integer 
     train:       range(rows).shuffle(seed).repeat()  # new row order every epoch
     or, with data.order=streams: range(B S).repeat() -> stream row  # llm/data/streams.py
     validation:  range(rows rounded up to a global batch)  # one pass; extra rows are padding
-    -> map(packed row) [-> random_map(MLM masking)] -> batch(B / P) -> [p::P]
+    -> map(packed row) [-> random_map(MLM masking | span corruption)] -> batch(B / P) -> [p::P]
 
 Global batch k is rows [k B, (k + 1) B) of that stream; process p of P takes the contiguous
 block [k B + p B / P, k B + (p + 1) B / P) and reads only those rows from disk. The blocks of
@@ -28,6 +28,7 @@ from llm.data.classification import classification_dataset
 from llm.data.objectives import mlm_mask, mlm_mask_id
 from llm.data.packing import PackedRows
 from llm.data.preference import preference_dataset
+from llm.data.seq2seq import seq2seq_dataset, span_corruption_transform
 from llm.data.sft import sft_dataset
 from llm.data.streams import StreamRows, with_fresh_state
 from llm.data.tokenized import OOD_SPLIT, load_shards
@@ -87,6 +88,8 @@ def make_batches(
         dataset, key = classification_dataset(cfg, split, tokenizer, process_index, process_count)
     elif cfg.data.format == "preference":  # pairs / KTO [B, 2, L]: llm/data/preference.py
         dataset, key = preference_dataset(cfg, split, tokenizer, process_index, process_count)
+    elif cfg.data.format == "seq2seq":  # (source, target) pairs: llm/data/seq2seq.py
+        dataset, key = seq2seq_dataset(cfg, split, tokenizer, process_index, process_count)
     else:
         shards, _, key = load_shards(cfg.data, tokenizer, ood=split == OOD_SPLIT)
         if split not in shards:
@@ -140,4 +143,6 @@ def batch_dataset(cfg: Config, split, shard, tokenizer, process_index, process_c
             pad_id=tokenizer.pad_id,
         )
         ds = ds.random_map(transform, seed=seed)
+    elif cfg.data.objective == "span_corruption":  # T5 pairs: llm/data/seq2seq.py
+        ds = ds.random_map(span_corruption_transform(cfg, tokenizer), seed=seed)
     return ds.batch(B // process_count, drop_remainder=True)[process_index::process_count]

@@ -33,6 +33,8 @@ _BATCH_ONLY_FIELDS = {
     "objective",
     "order",
     "mlm_rate",
+    "span_density",
+    "span_mean_length",
     "read_threads",
     "prefetch",
     "cache_dir",

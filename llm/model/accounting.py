@@ -23,6 +23,12 @@ forward FLOPs per token = 2 x (the elements of every weight matrix: the params n
 Their saved activations per token and layer are estimated as the float values the backward
 pass needs (`baseline_floats_per_token`), plus the float32 logits.
 
+A mixture of experts (llm/model/moe.py) stores n_experts expert MLPs per layer but sends
+each token through experts_per_token of them: `ParamCounts.active` (the "12.9B of 46.7B"
+of Mixtral-8x7B, Jiang et al. 2024, arXiv:2401.04088) counts everything but the skipped
+(E - k) / E of the routed experts, and the matmul FLOPs count the router, k experts and a
+shared expert per token (dispatch work is not counted).
+
 Activation memory follows Korthikanti et al. (2022, arXiv:2205.05198), Eq. 2, per layer:
 s*b*d*(34 + 5*n*s/d) bytes at 16-bit with no recomputation; full recomputation keeps only
 each block's input (2*s*b*d bytes per layer) plus one block's full activations.
@@ -37,11 +43,13 @@ from typing import Literal
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from llm.config import Config, ModelConfig
-from llm.model.functional import abstract_params
+from llm.model import ssm_accounting
+from llm.model.functional import abstract_params, logical_axes
 
-EMBEDDING_KEYS = ("token_embed", "pos_embed", "lm_head")
+EMBEDDING_KEYS = ("token_embed", "pos_embed", "type_embed", "lm_head")
 # a baseline's weight matrices: `w` in its name (hidden_w, w_ih0, w_hh, ...) or the lm_head
 BASELINE_MATMULS = re.compile(r"(^|_)w(_|$)|^lm_head$")
 OPTIMIZER_STATE_FLOATS = {"adamw": 2, "lion": 1, "sgd": 1, "muon": 1, "adafactor": 0}
@@ -52,13 +60,25 @@ class ParamCounts:
     total: int
     embedding: int  # token embedding, learned positions and an untied output layer
     non_embedding: int
+    active: int  # used per token: total less the (E - k) / E of routed experts a token skips
 
 
 def param_counts(cfg: ModelConfig) -> ParamCounts:
     params = abstract_params(cfg)
     total = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     embedding = sum(math.prod(x.shape) for k in EMBEDDING_KEYS if k in params for x in [params[k]])
-    return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding)
+    skipped = expert_params(cfg) * (cfg.n_experts - cfg.experts_per_token) // max(cfg.n_experts, 1)
+    return ParamCounts(total, embedding, total - embedding, active=total - skipped)
+
+
+def expert_params(cfg: ModelConfig) -> int:
+    """Parameters of the routed experts (a leaf with the logical axis `expert`), all layers;
+    each token uses experts_per_token / n_experts of them (Mixtral: 2 of 8)."""
+    if cfg.n_experts == 0:
+        return 0
+    specs = jax.tree.leaves(logical_axes(cfg), is_leaf=lambda x: isinstance(x, PartitionSpec))
+    leaves = jax.tree.leaves(abstract_params(cfg))
+    return sum(math.prod(x.shape) for x, s in zip(leaves, specs, strict=True) if "expert" in s)
 
 
 def mean_context(seq_len: int, sliding_window: int | None, causal: bool = True) -> float:
@@ -74,6 +94,10 @@ def mean_context(seq_len: int, sliding_window: int | None, causal: bool = True) 
 def matmul_params(cfg: ModelConfig) -> int:
     """Weights used in a matmul per token: all block projections plus the output layer
     (for a baseline, its `BASELINE_MATMULS` and a tied output embedding)."""
+    if cfg.arch == "mamba":  # llm/model/ssm_accounting.py
+        return ssm_accounting.matmul_params(cfg)
+    if cfg.arch == "t5":
+        return _t5_matmul_params(cfg)
     if cfg.arch != "transformer":
         params = abstract_params(cfg)
         output = cfg.tie_embeddings and not cfg.rnn_bidirectional  # an encoder has no logits
@@ -83,6 +107,10 @@ def matmul_params(cfg: ModelConfig) -> int:
     D, N, K, H, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.d_ff
     attn = D * N * H * 2 + D * K * H * 2
     mlp = D * F * (3 if cfg.gated else 2)
+    if cfg.n_experts:  # the router, k routed experts and the (gated) shared expert per token
+        per_expert = D * (cfg.moe_d_ff or F) * (3 if cfg.gated else 2)
+        shared = D * cfg.moe_shared_d_ff * (3 if cfg.gated else 2) + D * cfg.moe_shared_gate
+        mlp = D * cfg.n_experts + cfg.experts_per_token * per_expert + shared
     return cfg.n_layers * (attn + mlp) + D * cfg.vocab_size
 
 
@@ -91,9 +119,19 @@ def forward_flops_per_token(
 ) -> float:
     """Forward FLOPs per token: 2 x matmul params + attention scores and mixing (none for
     the baselines, whose cost does not depend on `seq_len`)."""
+    if cfg.arch == "mamba":  # conv + scan per layer, a hybrid's attention: ssm_accounting.py
+        ctx = seq_len if attention == "dense" else mean_context(seq_len, cfg.sliding_window)
+        return ssm_accounting.forward_flops_per_token(cfg, ctx)
+    if cfg.arch == "t5":  # encoder self-attention over all S, decoder causal + cross over S
+        ctx = mean_context(seq_len, None, causal=attention == "causal")
+        if attention == "dense":
+            ctx = float(seq_len)
+        scores = cfg.n_layers * seq_len + cfg.decoder_layers * (ctx + seq_len)
+        return 2 * matmul_params(cfg) + 4 * scores * cfg.n_heads * cfg.head_size
     if cfg.arch != "transformer":
         return 2.0 * matmul_params(cfg)
-    ctx = mean_context(seq_len, cfg.sliding_window, causal=attention == "causal")
+    # an encoder (model.causal=false) attends to all seq_len keys: no causal halving
+    ctx = mean_context(seq_len, cfg.sliding_window, causal=attention == "causal" and cfg.causal)
     if attention == "dense":
         ctx = float(seq_len)
     attn = 4 * ctx * cfg.n_heads * cfg.head_size * cfg.n_layers
@@ -134,6 +172,10 @@ def activation_bytes(cfg: Config) -> int:
     """Saved activations for one micro-batch (Korthikanti et al., 2022, scaled to dtype)."""
     m, t = cfg.model, cfg.train
     s, b, d = t.seq_len, t.batch_size // t.grad_accum, m.d_model
+    if m.arch == "t5":  # encoder layers, and decoder layers (+ cross-attention: ~1.5 layers)
+        scale = np.dtype(m.dtype).itemsize / 2
+        full_layer = s * b * d * (34 + 5 * m.n_heads * s / d) * scale
+        return int((m.n_layers + 1.5 * m.decoder_layers) * full_layer + s * b * m.vocab_size * 4)
     if m.arch != "transformer":
         values = baseline_floats_per_token(m) * np.dtype(m.dtype).itemsize
         return int(s * b * (values + 4 * m.vocab_size))
@@ -154,6 +196,8 @@ def baseline_floats_per_token(m: ModelConfig) -> int:
     ngram_mlp: the window C D and each tanh layer's output F (plus [h; x] under direct);
     rnn / lstm / gru: per layer and direction the input, the G D gate pre-activations and the
     new state (h, and c for an LSTM). Remat is not applied to them."""
+    if m.arch == "mamba":  # llm/model/ssm_accounting.py
+        return ssm_accounting.floats_per_token(m)
     if m.arch == "ngram_mlp":
         window = m.ngram_context * m.d_model
         return window + m.n_layers * m.d_ff + (window + m.d_ff if m.ngram_direct else 0)
@@ -173,6 +217,7 @@ def report(cfg: Config) -> str:
         ("parameters (total)", f"{counts.total:,}"),
         ("  embedding", f"{counts.embedding:,}"),
         ("  non-embedding", f"{counts.non_embedding:,}"),
+        *([("parameters (active per token)", f"{counts.active:,}")] if m.n_experts else []),
         (f"forward FLOPs/token ({_flops_note(m, L)})", f"{fwd:.4g}"),
         ("training FLOPs/token (3x forward)", f"{3 * fwd:.4g}"),
         (f"training FLOPs/step (batch {batch})", f"{3 * fwd * L * batch:.4g}"),
@@ -186,8 +231,24 @@ def report(cfg: Config) -> str:
     return "\n".join(f"{k:<{width}}  {v:>18}" for k, v in rows)
 
 
+def _t5_matmul_params(cfg: ModelConfig) -> int:
+    """Matmul weights of one encoder token plus one decoder token (the per-token unit of an
+    encoder-decoder here: a `train.seq_len` position has one of each when S = T = seq_len,
+    as for seq2seq pairs; span corruption rows are shorter, S + T ~ 1.1 seq_len)."""
+    D, N, H = cfg.d_model, cfg.n_heads, cfg.head_size
+    attn = 4 * D * N * H
+    mlp = D * cfg.d_ff * (3 if cfg.gated else 2)
+    return cfg.n_layers * (attn + mlp) + cfg.decoder_layers * (2 * attn + mlp) + D * cfg.vocab_size
+
+
 def _flops_note(m: ModelConfig, seq_len: int) -> str:
-    return f"seq {seq_len}, causal" if m.arch == "transformer" else f"{m.arch}, no attention"
+    if m.arch == "t5":
+        return f"encoder-decoder, seq {seq_len} source + {seq_len} target"
+    if m.arch == "mamba" and m.ssm_attention_every:
+        return f"mamba hybrid, seq {seq_len}, causal"
+    if m.arch != "transformer":
+        return f"{m.arch}, no attention"
+    return f"seq {seq_len}, {'causal' if m.causal else 'bidirectional'}"
 
 
 def _gib(n: int) -> str:

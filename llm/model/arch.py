@@ -13,8 +13,10 @@ from __future__ import annotations
 from flax import nnx
 
 from llm.config import ModelConfig
+from llm.model.encdec import EncoderDecoder
 from llm.model.ngram_mlp import NeuralNgramLM
 from llm.model.recurrent import RecurrentLM
+from llm.model.ssm import MambaLM
 from llm.model.transformer import Transformer
 
 
@@ -24,4 +26,8 @@ def model_class(cfg: ModelConfig) -> type[nnx.Module]:
         return Transformer
     if cfg.arch == "ngram_mlp":
         return NeuralNgramLM
+    if cfg.arch == "mamba":
+        return MambaLM
+    if cfg.arch == "t5":
+        return EncoderDecoder
     return RecurrentLM

@@ -23,6 +23,7 @@ from llm.model import kv_cache, positions
 from llm.model.extras import SHARED, LayerExtras, shared_mask
 from llm.model.layers import Linear, RMSNorm
 from llm.model.outputs import LayerOutput
+from llm.model.shaw import ShawTables
 from llm.ops import masks
 from llm.ops.attention import attention, attention_probs
 from llm.ops.attention_xla import attention_reference, mix_values
@@ -97,6 +98,7 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(H, "head_dim", **norm)
         else:
             self.q_norm = self.k_norm = None
+        self.shaw = ShawTables(cfg, rngs) if cfg.pos_encoding == "shaw" else None
 
     def __call__(
         self,
@@ -108,11 +110,14 @@ class Attention(nnx.Module):
         extras: LayerExtras | None = None,
         *,
         return_probs: bool = False,
+        prefix_BL: Array | None = None,
     ) -> LayerOutput:
         """Self-attention; with `cache`, also over the cached keys (the output carries the
         updated cache; else its cache is None). `extras` (prefix / prompt tuning) adds keys
         shared by every packed document, see `_shared`. `return_probs`: the reference
         backend's probabilities in `attention_BNLS`, the output mixed from them (no cache).
+        `prefix_BL` (prefix-LM): True on tokens every query of their document sees; with a
+        cache they are the new tokens' flags (the cached slots are all in the past).
 
         With a cache the new keys/values are written at slots `positions_BL` of this layer's
         slice first, then the queries attend to the whole slice, masked by kv segment ids.
@@ -130,7 +135,11 @@ class Attention(nnx.Module):
         q_BLNH = constrain(q_BLNH, ("batch", "length", "heads", None))
         k_BLKH = constrain(k_BLKH, ("batch", None, "kv_heads", None))
         v_BLKH = constrain(v_BLKH, ("batch", None, "kv_heads", None))
-        if extras is not None and extras.shared:
+        shared = extras is not None and extras.shared
+        rules = self._mask_rules(prefix_BL, positions_BL, cache, shared, return_probs)
+        if shared:
+            if not cfg.causal:
+                raise ValueError("prefix / prompt tuning build causal masks: not causal=false")
             if cache is not None:
                 raise ValueError("prefix / prompt tuning do not decode with a KV cache yet")
             out_BLNH = self._shared(q_BLNH, k_BLKH, v_BLKH, positions_BL, segment_ids_BL,
@@ -143,12 +152,15 @@ class Attention(nnx.Module):
             probs_BNLS = attention_probs(
                 q_BLNH, k_BLKH, q_segment_ids_BL=segment_ids_BL, q_positions_BL=positions_BL,
                 sliding_window=cfg.sliding_window, alibi_slopes_N=slopes,
-                softcap=cfg.attn_logit_softcap,
+                softcap=cfg.attn_logit_softcap, causal=cfg.causal,
+                pattern=cfg.attention_pattern, pattern_block=cfg.attention_block,
             )  # fmt: skip
             out_BLNH = mix_values(probs_BNLS, v_BLKH).astype(q_BLNH.dtype)
             return LayerOutput(self.o(out_BLNH), None, attention_BNLS=probs_BNLS)
         kv_ids = {}
         if cache is not None:
+            if not cfg.causal:
+                raise ValueError("model.causal=false is an encoder: it has no KV cache to decode")
             (k_all, k_BKSH), (v_all, v_BKSH) = (
                 kv_cache.write_layer(c, cache.layer, new, positions_BL)
                 for c, new in ((cache.k_YBKSH, k_BLKH), (cache.v_YBKSH, v_BLKH))
@@ -169,15 +181,49 @@ class Attention(nnx.Module):
             q_segment_ids_BL=segment_ids_BL,
             q_positions_BL=positions_BL,
             **kv_ids,
-            causal=True,
+            causal=cfg.causal,
             sliding_window=cfg.sliding_window,
             alibi_slopes_N=slopes,
             softcap=cfg.attn_logit_softcap,
             dropout_rate=cfg.attn_dropout if dropout_key is not None else 0.0,
             dropout_key=dropout_key,
             impl=cfg.attention_impl,
+            **rules,
         )
         return LayerOutput(self.o(out_BLNH), cache)
+
+    def _mask_rules(self, prefix_BL, positions_BL, cache, shared: bool, probs: bool) -> dict:
+        """`attention`'s sparse-pattern, prefix-LM and Shaw (llm/model/shaw.py) arguments.
+        With a cache the new tokens' prefix flags are scattered to their slots (older slots
+        are in every query's past).
+        Prefix / prompt tuning build their own mask and `return_probs` its causal one: both
+        refuse a rule they would drop."""
+        cfg, rules = self.cfg, {}
+        if cfg.attention_pattern != "dense":
+            rules.update(pattern=cfg.attention_pattern, pattern_block=cfg.attention_block)
+        if prefix_BL is not None:
+            if probs:
+                raise ValueError("return_attention reads causal probabilities: not with prefix_BL")
+            kv_prefix_BS = prefix_BL.astype(bool)
+            if cache is not None:
+                B, S = cache.kv_positions_BS.shape
+                rows_B1 = jnp.arange(B, dtype=jnp.int32)[:, None]
+                empty_BS = jnp.zeros((B, S), bool)
+                kv_prefix_BS = empty_BS.at[rows_B1, positions_BL].set(kv_prefix_BS, mode="drop")
+            rules["kv_prefix_BS"] = kv_prefix_BS
+        if self.shaw is not None:
+            if probs:
+                raise ValueError(
+                    "return_attention: pos_encoding shaw's value term is not in the "
+                    "probabilities; read them with another pos_encoding"
+                )
+            rules["shaw_tables"] = self.shaw.tables(cfg.dtype)
+        if rules and shared:
+            raise ValueError(
+                "prefix / prompt tuning build their own attention mask: not with a sparse "
+                "model.attention_pattern, prefix_BL or pos_encoding shaw"
+            )
+        return rules
 
     def _shared(self, q_BLNH, k_BLKH, v_BLKH, positions_BL, segment_ids_BL, extras, key):
         """Attention over [prefix keys; own keys], the prefix (and any token of segment

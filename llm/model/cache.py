@@ -52,6 +52,11 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
     """An empty cache of `batch` rows with room for `max_len` tokens each, of the kind this
     model decodes with (the one place that chooses it; its storage dtype from
     `cfg.kv_cache_dtype`): a KVCache for the Transformer, the baselines' own state else."""
+    if cfg.arch == "transformer" and not cfg.causal:
+        raise ValueError(
+            "model.causal=false is a bidirectional encoder: every token sees the whole input, "
+            "so it does not decode token by token (no KV cache, no generation)"
+        )
     if cfg.arch == "transformer":
         return KVCache.init(cfg, batch, max_len)
     return model_class(cfg).init_cache(cfg, batch, max_len)

@@ -75,8 +75,16 @@ def forward(
     cache: Cache | None = None,
     extras: Extras | None = None,
     return_attention: bool = False,
+    token_types_BL: Array | None = None,
+    prefix_BL: Array | None = None,
 ) -> ModelOutput:
     """Runs the model; `dropout_key=None` is deterministic (evaluation).
+
+    `prefix_BL` (Transformer, required exactly when `model.prefix_lm`): True on prefix
+    tokens, attended bidirectionally (llm/model/prefix_lm.py).
+
+    `token_types_BL` (Transformer with `model.type_vocab_size` > 0): BERT's segment ids
+    into the token-type table; None = type 0 everywhere.
 
     `return_attention` (Transformer only): every layer's attention probabilities in
     `out.attention_YBNLS`, from the reference backend (llm/interp reads them).
@@ -106,6 +114,14 @@ def forward(
         raise ValueError(f"return_attention: model.arch={cfg.arch!r} has no attention")
     model, layers = _merge(cfg, params)
     attention = {"return_attention": True} if return_attention else {}  # baselines lack it
+    if token_types_BL is not None:  # baselines have no token-type table
+        if not transformer:
+            raise ValueError(f"token_types_BL: model.arch={cfg.arch!r} has no token types")
+        attention["token_types_BL"] = token_types_BL
+    if prefix_BL is not None or cfg.prefix_lm:  # the Transformer checks it against the config
+        if not transformer:
+            raise ValueError(f"prefix_BL: model.arch={cfg.arch!r} has no prefix-LM mask")
+        attention["prefix_BL"] = prefix_BL
     return model(
         inputs_BL,
         positions_BL=positions_BL,

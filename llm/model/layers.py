@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.model import norms
+from llm.model.batchnorm import BatchNorm
 from llm.ops import quantized
 from llm.typing import Array
 
@@ -134,9 +135,14 @@ class RMSNorm(nnx.Module):
         return norms.rms_norm(x, self.scale[...], self.eps)
 
 
-def make_norm(cfg, dim: int, axis_name: str, rngs: nnx.Rngs) -> LayerNorm | RMSNorm:
+def make_norm(cfg, dim: int, axis_name: str, rngs: nnx.Rngs) -> LayerNorm | RMSNorm | BatchNorm:
     if cfg.norm == "rmsnorm":
         return RMSNorm(dim, axis_name, eps=cfg.norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
+    if cfg.norm == "batchnorm":  # llm/model/batchnorm.py: called with the token mask
+        return BatchNorm(
+            dim, axis_name, eps=cfg.norm_eps, bias=cfg.norm_bias, param_dtype=cfg.param_dtype,
+            rngs=rngs,
+        )  # fmt: skip
     return LayerNorm(
         dim, axis_name, eps=cfg.norm_eps, bias=cfg.norm_bias, param_dtype=cfg.param_dtype, rngs=rngs
     )

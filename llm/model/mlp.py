@@ -22,6 +22,7 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "swiglu": jax.nn.silu,
     "geglu": lambda x: jax.nn.gelu(x, approximate=False),
+    "geglu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # T5 v1.1 (HF gelu_new)
 }
 
 

@@ -55,6 +55,11 @@ def weight_layouts(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
             f"quantization and pruning act on a Transformer's Linear layers; model.arch="
             f"{cfg.arch!r} has none (its weights stay in param_dtype)"
         )
+    if cfg.n_experts:  # the stacked expert weights [E, D, F] are no Linears: they'd be skipped
+        raise ValueError(
+            f"quantization, pruning and GGUF act on Linear layers; the {cfg.n_experts} experts "
+            "of a mixture-of-experts MLP (model.n_experts) are stacked weights, not supported"
+        )
     model = abstract_model(cfg)
     out: dict[str, tuple[int, int]] = {"token_embed": (1, 0)}
     if model.lm_head is not None:

@@ -3,11 +3,18 @@
 Design choices, each a config switch (see `ModelConfig`):
 * Positions: learned absolute (GPT-2), sinusoidal (Vaswani et al., 2017), RoPE
   (Su et al., 2021) with linear / Llama-3.1 scaling, ALiBi (Press et al., 2022), or none
-  (NoPE; Kazemnejad et al., 2023, arXiv:2305.19466: causal masking alone leaks position).
+  (NoPE; Kazemnejad et al., 2023, arXiv:2305.19466: causal masking alone leaks position),
+  or Shaw et al.'s learned relative positions (arXiv:1803.02155, `shaw.py`).
 * Norms: LayerNorm or RMSNorm, pre-norm (Xiong et al., 2020, arXiv:2002.04745: stable
-  without warmup) or post-norm (the original Transformer; no final norm then).
+  without warmup) or post-norm (the original Transformer; no final norm then); BatchNorm
+  for the lesson, with PreciseBN population statistics at evaluation (`batchnorm.py`).
 * Attention: MHA/GQA/MQA by the KV-head count, segment-id masks for packed sequences,
-  sliding window (Beltagy et al., 2020; Mistral), QK-norm, logit soft-capping.
+  sliding window (Beltagy et al., 2020; Mistral), QK-norm, logit soft-capping, strided /
+  block-local sparse patterns (Child et al., 2019, arXiv:1904.10509), prefix-LM masking
+  (`prefix_lm.py`).
+* Encoders (BERT, Devlin et al., 2019, arXiv:1810.04805): `causal=false` attends both
+  ways; token-type embeddings and a LayerNorm on the embeddings (`embed_norm`); with
+  post-norm, learned positions and biases this is BERT's layer order (`pooling.py`).
 * Residual-branch output projections initialised with std / sqrt(2 * n_layers)
   (GPT-2, Radford et al., 2019) so the residual stream's variance does not grow with depth.
 * Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so compile
@@ -35,10 +42,13 @@ from flax import nnx
 from llm.config import ModelConfig
 from llm.model import kv_cache, positions
 from llm.model.attention import Attention, LayerCache, split_key
+from llm.model.batchnorm import apply_norm
 from llm.model.extras import SHARED, Extras, LayerExtras, bottleneck
 from llm.model.layers import dropout, make_norm, normal, param
 from llm.model.mlp import MLP
+from llm.model.moe import MoE
 from llm.model.outputs import LayerOutput, ModelOutput, merge_aux, sum_layers
+from llm.model.prefix_lm import check_prefix
 from llm.ops import quantized
 from llm.ops.masks import default_positions
 from llm.sharding.constraints import constrain
@@ -62,7 +72,8 @@ class Block(nnx.Module):
         self.attn_norm = make_norm(cfg, cfg.d_model, "embed", rngs)
         self.attn = Attention(cfg, out_std=out_std, rngs=rngs)
         self.mlp_norm = make_norm(cfg, cfg.d_model, "embed", rngs)
-        self.mlp = MLP(cfg, out_std=out_std, rngs=rngs)
+        mlp_class = MoE if cfg.n_experts else MLP  # mixture of experts: llm/model/moe.py
+        self.mlp = mlp_class(cfg, out_std=out_std, rngs=rngs)
 
     def __call__(
         self,
@@ -73,28 +84,34 @@ class Block(nnx.Module):
         cache: LayerCache | None = None,
         extras: LayerExtras | None = None,
         return_attention: bool = False,
+        prefix_BL: Array | None = None,
     ) -> LayerOutput:
         """The new residual stream, the updated cache (None without one) and the auxiliary
         losses of the attention and MLP. `extras`: this layer's prefix and adapters.
-        `return_attention`: also the attention probabilities (`LayerOutput.attention_BNLS`)."""
+        `return_attention`: also the attention probabilities (`LayerOutput.attention_BNLS`).
+        `prefix_BL`: prefix-LM's bidirectional tokens (see `Attention`)."""
         x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
         rate = self.cfg.resid_dropout
         k_attn, k_res1, k_res2 = split_key(key, 3)
         pre = self.cfg.norm_placement == "pre"
+        attn_norm, mlp_norm = (  # BatchNorm also reads the padding and the mode (key: training)
+            lambda x, n=n: apply_norm(n, x, segment_ids_BL, key is not None)
+            for n in (self.attn_norm, self.mlp_norm)
+        )
         attn = self.attn(
-            self.attn_norm(x_BLD) if pre else x_BLD, positions_BL, segment_ids_BL, k_attn, cache,
-            extras, return_probs=return_attention,
+            attn_norm(x_BLD) if pre else x_BLD, positions_BL, segment_ids_BL, k_attn, cache,
+            extras, return_probs=return_attention, prefix_BL=prefix_BL,
         )  # fmt: skip
         attn_h = _adapt(attn.hidden_BLD, extras, "attn")
         if pre:
             x_BLD = self._add(x_BLD, dropout(attn_h, rate, k_res1))
-            mlp = self.mlp(self.mlp_norm(x_BLD))
+            mlp = self.mlp(mlp_norm(x_BLD))
             x_BLD = self._add(x_BLD, dropout(_adapt(mlp.hidden_BLD, extras, "mlp"), rate, k_res2))
         else:
-            x_BLD = self.attn_norm(self._add(x_BLD, dropout(attn_h, rate, k_res1)))
+            x_BLD = attn_norm(self._add(x_BLD, dropout(attn_h, rate, k_res1)))
             mlp = self.mlp(x_BLD)
             mlp_h = _adapt(mlp.hidden_BLD, extras, "mlp")
-            x_BLD = self.mlp_norm(self._add(x_BLD, dropout(mlp_h, rate, k_res2)))
+            x_BLD = mlp_norm(self._add(x_BLD, dropout(mlp_h, rate, k_res2)))
         return LayerOutput(
             x_BLD, attn.cache, merge_aux(attn.aux_losses, mlp.aux_losses), attn.attention_BNLS
         )
@@ -122,6 +139,13 @@ class Transformer(nnx.Module):
             if cfg.pos_encoding == "learned"
             else None
         )
+        types = cfg.type_vocab_size  # BERT's segment A/B embeddings (Devlin et al., 2019)
+        self.type_embed = (
+            param(rngs, normal(cfg.init_std), (types, D), ("position", "embed"), pdt)
+            if types
+            else None
+        )
+        self.embed_norm = make_norm(cfg, D, "embed", rngs) if cfg.embed_norm else None
         self.blocks = _stacked_blocks(cfg, rngs)
         self.final_norm = make_norm(cfg, D, "embed", rngs) if cfg.norm_placement == "pre" else None
         self.lm_head = (
@@ -143,8 +167,17 @@ class Transformer(nnx.Module):
         layers: tuple | None = None,
         extras: Extras | None = None,
         return_attention: bool = False,
+        token_types_BL: Array | None = None,
+        prefix_BL: Array | None = None,
     ) -> ModelOutput:
         """`input_embeddings_BLD`, if given, replaces the token lookup (soft prompts, probes).
+
+        `prefix_BL` (required exactly when `model.prefix_lm`): True on the prefix tokens of
+        each document, seen bidirectionally (llm/model/prefix_lm.py); with a cache, the new
+        tokens' flags (the prompt's, when priming it; all False for decoded tokens).
+
+        `token_types_BL`: BERT's segment (A/B) ids into the `type_vocab_size` table (zeros
+        when None); only for a model with one and without a cache.
 
         `return_attention`: every layer's attention probabilities in `out.attention_YBNLS`,
         computed by the reference backend whatever `attention_impl` is (the output then
@@ -170,23 +203,26 @@ class Transformer(nnx.Module):
                 "return_attention reads a full forward's probabilities: not with a KV cache "
                 "or with prompt / prefix tuning's virtual tokens"
             )
+        if cache is not None and token_types_BL is not None:
+            raise ValueError("token_types_BL: a KV-cache step reads token type 0 only")
+        check_prefix(cfg, prefix_BL, (B, L))
         if cache is not None:
             return self._cached(
                 tokens_BL, segment_ids_BL, cache, return_logits, layers, extras,
-                input_embeddings_BLD,
+                input_embeddings_BLD, prefix_BL=prefix_BL,
             )  # fmt: skip
         if positions_BL is None:
             positions_BL = default_positions(B, L)
         positions_BL = positions_BL + self._check_virtual(L, extras)  # real tokens at P + p
         k_embed, k_blocks = split_key(dropout_key, 2)
-        x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD)
+        x_BLD = self.embed(tokens_BL, positions_BL, input_embeddings_BLD, token_types_BL)
         x_BLD, positions_BL, segment_ids_BL = self._prepend(
             extras.prompt_PD, x_BLD, positions_BL, segment_ids_BL
         )
         x0_BLD = dropout(x_BLD, cfg.embed_dropout, k_embed)
         x_BLD, (per_layer_YBLD, aux_Y, attention_YBNLS) = self._run_blocks(
             x0_BLD, positions_BL, segment_ids_BL, k_blocks, collect=return_hidden_states,
-            attention=return_attention, layers=layers, extras=extras,
+            attention=return_attention, layers=layers, extras=extras, prefix_BL=prefix_BL,
         )  # fmt: skip
         if extras.prompt_PD is not None:  # the loss sees the real tokens only
             x_BLD, x0_BLD = x_BLD[:, -L:], x0_BLD[:, -L:]
@@ -195,7 +231,9 @@ class Transformer(nnx.Module):
         if return_hidden_states:
             hidden_states = jnp.concatenate([x0_BLD[None], per_layer_YBLD])
         if self.final_norm is not None:
-            x_BLD = self.final_norm(x_BLD)
+            x_BLD = apply_norm(
+                self.final_norm, x_BLD, segment_ids_BL[:, -L:], dropout_key is not None
+            )
         logits = self.logits(x_BLD) if return_logits else None
         if logits is not None:
             logits = constrain(logits, ("batch", "length", "vocab"))
@@ -216,6 +254,7 @@ class Transformer(nnx.Module):
         layers,
         extras: Extras,
         input_embeddings_BLD=None,
+        prefix_BL=None,
     ) -> ModelOutput:
         """Forward of new tokens (or given embeddings) against a KV cache (deterministic:
         no dropout). Of the `extras`, only bottleneck adapters run here: prompt and prefix
@@ -237,8 +276,9 @@ class Transformer(nnx.Module):
             view = LayerCache(k_YBKSH, v_YBKSH, index, kv_positions_BS, kv_segment_ids_BS)
             block = nnx.merge(graphdef, layer_state)
             out = block(
-                x_BLD, positions_BL, segment_ids_BL, None, view, LayerExtras.of(sliced, False)
-            )
+                x_BLD, positions_BL, segment_ids_BL, None, view, LayerExtras.of(sliced, False),
+                prefix_BL=prefix_BL,
+            )  # fmt: skip
             return (out.hidden_BLD, out.cache.k_YBKSH, out.cache.v_YBKSH), out.aux_losses
 
         carry = (x_BLD, cache.k_YBKSH, cache.v_YBKSH)
@@ -251,8 +291,15 @@ class Transformer(nnx.Module):
         logits = self.logits(x_BLD) if return_logits else None
         return ModelOutput(logits, x_BLD, aux_losses=sum_layers(aux_Y), cache=new_cache)
 
-    def embed(self, tokens_BL: Array, positions_BL: Array, x_BLD: Array | None = None) -> Array:
-        """Token embeddings (or the given ones) plus absolute position information."""
+    def embed(
+        self,
+        tokens_BL: Array,
+        positions_BL: Array,
+        x_BLD: Array | None = None,
+        token_types_BL: Array | None = None,
+    ) -> Array:
+        """Token embeddings (or the given ones) plus absolute position information, plus
+        token-type embeddings (type 0 where `token_types_BL` is None), then `embed_norm`."""
         cfg = self.cfg
         if x_BLD is None:
             x_BLD = _lookup(self.token_embed.get_value(), tokens_BL)
@@ -261,6 +308,13 @@ class Transformer(nnx.Module):
             x_BLD += jnp.take(self.pos_embed[...], positions_BL, axis=0).astype(cfg.dtype)
         elif cfg.pos_encoding == "sinusoidal":
             x_BLD += positions.sinusoidal(positions_BL, cfg.d_model).astype(cfg.dtype)
+        if self.type_embed is not None:
+            types_BL = jnp.zeros_like(positions_BL) if token_types_BL is None else token_types_BL
+            x_BLD += jnp.take(self.type_embed[...], types_BL, axis=0).astype(cfg.dtype)
+        elif token_types_BL is not None:
+            raise ValueError("token_types_BL given, but model.type_vocab_size=0 (no type table)")
+        if self.embed_norm is not None:
+            x_BLD = self.embed_norm(x_BLD)
         return x_BLD
 
     def _check_virtual(self, L: int, extras: Extras) -> int:
@@ -305,7 +359,7 @@ class Transformer(nnx.Module):
 
     def _run_blocks(
         self, x_BLD, positions_BL, segment_ids_BL, key, *, collect: bool, attention: bool,
-        layers, extras: Extras,
+        layers, extras: Extras, prefix_BL=None,
     ):  # fmt: skip
         """Scans the stacked blocks (or loops over `layers`, the per-layer params, or over
         slices of the stacked ones); returns the output and, per layer, the block's output
@@ -320,7 +374,8 @@ class Transformer(nnx.Module):
             layer_key = None if keys_Y is None else keys_Y[index]
             block = nnx.merge(graphdef, layer_state)
             out = block(x_BLD, positions_BL, segment_ids_BL, layer_key, None,
-                        LayerExtras.of(sliced, shared), return_attention=attention)  # fmt: skip
+                        LayerExtras.of(sliced, shared), return_attention=attention,
+                        prefix_BL=prefix_BL)  # fmt: skip
             per_layer = (out.hidden_BLD if collect else None, out.aux_losses, out.attention_BNLS)
             return out.hidden_BLD, per_layer
 

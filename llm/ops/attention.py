@@ -23,6 +23,9 @@ queries' own tokens) a query also never sees a key at a later index, whatever th
 For positions that increase within each document, as in every batch the data pipeline and
 the engine build, that changes nothing; it makes causality hold by construction and lets
 blocked backends skip the upper triangle. The Pallas kernels apply the position rule only.
+Prefix-LM keys (`kv_prefix_BS`) lift that index rule: a prefix token may be seen by an
+earlier query. Sparse patterns and the prefix are dense-mask rules; Shaw's relative
+positions are a term of the ``xla`` reference alone: other backends refuse them by name.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.ops import masks
-from llm.ops.attention_xla import attention_reference, attention_weights
+from llm.ops.attention_xla import attention_reference, attention_weights, shaw_relative
 from llm.ops.attention_xla_flash import causal_block_count, flash_attention_xla
 from llm.typing import Array
 
@@ -54,10 +57,18 @@ def attention(
     dropout_rate: float = 0.0,
     dropout_key: Array | None = None,
     impl: str = "xla",
+    pattern: str = "dense",
+    pattern_block: int = 0,
+    kv_prefix_BS: Array | None = None,
+    shaw_tables: tuple[Array, Array] | None = None,
 ) -> Array:
     """Multi-head / grouped-query attention; returns out_BLNH in q's dtype.
 
     Segment ids default to one segment (no padding); positions default to 0..L-1 and 0..S-1.
+    `pattern` / `pattern_block` (a sparse pattern) and `kv_prefix_BS` (prefix-LM: True on
+    keys every query of their document sees) are mask rules of `masks.attention_mask`: the
+    backends that take a dense mask apply them, ``pallas`` refuses them. `shaw_tables`
+    (a^K_RH, a^V_RH): Shaw et al.'s relative positions, in ``xla`` only (``auto`` runs it).
     """
     N, K = q_BLNH.shape[2], k_BSKH.shape[2]
     if N % K:
@@ -67,6 +78,18 @@ def attention(
     ids = _default_ids(
         q_BLNH, k_BSKH, q_segment_ids_BL, kv_segment_ids_BS, q_positions_BL, kv_positions_BS
     )
+    rules = {}  # mask rules only the dense-mask backends apply
+    if pattern != "dense":
+        rules.update(pattern=pattern, block=pattern_block)
+    if kv_prefix_BS is not None:
+        rules.update(kv_prefix_BS=kv_prefix_BS)
+        self_attention = False  # prefix keys may come later than their queries
+    if impl == "auto" and rules:  # the fast dense-mask backend (pallas would refuse them)
+        impl = "xla" if dropout_rate > 0.0 else "xla_flash"
+    if shaw_tables is not None:
+        impl = "xla" if impl == "auto" else impl
+        _require(impl == "xla", "Shaw relative positions", impl)
+        rules["shaw_tables"] = shaw_tables
     if impl == "auto":
         impl = choose_impl(
             jax.default_backend(),
@@ -78,6 +101,8 @@ def attention(
     features = dict(causal=causal, sliding_window=sliding_window, softcap=softcap)
     if impl == "pallas":
         _require(dropout_rate == 0.0, "attention dropout", impl)
+        _require("pattern" not in rules, f"sparse attention pattern {pattern!r}", impl)
+        _require("kv_prefix_BS" not in rules, "prefix-LM masking", impl)
         return _pallas(q_BLNH, k_BSKH, v_BSKH, ids, alibi_slopes_N, **features)
     if impl not in ("xla", "xla_flash", "jax", "cudnn"):
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLEMENTATIONS}")
@@ -91,6 +116,7 @@ def attention(
         dropout_key,
         impl=impl,
         index_causal=causal and self_attention,
+        rules=rules,
         **features,
     )
 
@@ -124,9 +150,14 @@ def _dense(
     index_causal,
     sliding_window,
     softcap,
+    rules,
 ) -> Array:
     """Backends that take a materialised [B, L, S] mask: the references and jax.nn."""
-    mask_BLS, bias_BNLS = _mask_and_bias(ids, alibi_slopes_N, causal, index_causal, sliding_window)
+    rules = dict(rules)
+    shaw = _shaw_terms(rules.pop("shaw_tables", None), ids)
+    mask_BLS, bias_BNLS = _mask_and_bias(
+        ids, alibi_slopes_N, causal, index_causal, sliding_window, **rules
+    )
     if impl == "xla":
         return attention_reference(
             q_BLNH,
@@ -137,6 +168,7 @@ def _dense(
             softcap=softcap,
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
+            **shaw,
         )
     _require(dropout_rate == 0.0, "attention dropout", impl)
     if impl == "xla_flash":
@@ -149,12 +181,22 @@ def _dense(
     return _jax_nn(q_BLNH, k_BSKH, v_BSKH, mask_BLS, bias_BNLS, impl)
 
 
-def _mask_and_bias(ids, alibi_slopes_N, causal, index_causal, sliding_window):
-    """The dense mask_BLS of the segment, position, causal and window rules, and the ALiBi
-    bias_BNLS (None without slopes)."""
+def _shaw_terms(tables, ids) -> dict:
+    """The reference's rel_k_BLSH / rel_v_BLSH from Shaw tables (a^K_RH, a^V_RH) and the
+    query / key positions; {} without tables."""
+    if tables is None:
+        return {}
+    q_pos, kv_pos = ids[2], ids[3]
+    rel_k_BLSH, rel_v_BLSH = (shaw_relative(t_RH, q_pos, kv_pos) for t_RH in tables)
+    return dict(rel_k_BLSH=rel_k_BLSH, rel_v_BLSH=rel_v_BLSH)
+
+
+def _mask_and_bias(ids, alibi_slopes_N, causal, index_causal, sliding_window, **rules):
+    """The dense mask_BLS of the segment, position, causal and window rules (and `rules`:
+    sparse pattern, prefix), and the ALiBi bias_BNLS (None without slopes)."""
     q_seg, kv_seg, q_pos, kv_pos = ids
     mask_BLS = masks.attention_mask(
-        q_seg, kv_seg, q_pos, kv_pos, causal=causal, sliding_window=sliding_window
+        q_seg, kv_seg, q_pos, kv_pos, causal=causal, sliding_window=sliding_window, **rules
     )
     if index_causal:
         mask_BLS &= masks.index_causal_mask(q_pos.shape[1])
@@ -173,9 +215,14 @@ def attention_probs(
     sliding_window: int | None = None,
     alibi_slopes_N: Array | None = None,
     softcap: float | None = None,
+    causal: bool = True,
+    pattern: str = "dense",
+    pattern_block: int = 0,
 ) -> Array:
-    """The reference's probabilities probs_BNLS (float32) of causal self-attention under the
-    same mask rules as `attention`: for reading, plotting and head analysis (llm/interp)."""
+    """The reference's probabilities probs_BNLS (float32) of self-attention (causal, or
+    bidirectional for an encoder) under the same mask rules as `attention`: for reading,
+    plotting and head analysis (llm/interp)."""
+    rules = {} if pattern == "dense" else dict(pattern=pattern, block=pattern_block)
     N, K = q_BLNH.shape[2], k_BSKH.shape[2]
     if N % K:
         raise ValueError(f"query heads {N=} must be a multiple of key/value heads {K=}")
@@ -185,7 +232,9 @@ def attention_probs(
             f"{k_BSKH.shape[1]} keys"
         )
     ids = _default_ids(q_BLNH, k_BSKH, q_segment_ids_BL, None, q_positions_BL, None)
-    mask_BLS, bias_BNLS = _mask_and_bias(ids, alibi_slopes_N, True, True, sliding_window)
+    mask_BLS, bias_BNLS = _mask_and_bias(
+        ids, alibi_slopes_N, causal, causal, sliding_window, **rules
+    )
     return attention_weights(q_BLNH, k_BSKH, mask_BLS, bias_BNLS=bias_BNLS, softcap=softcap)
 
 

@@ -25,13 +25,31 @@ def attention_reference(
     softcap: float | None = None,
     dropout_rate: float = 0.0,
     dropout_key: Array | None = None,
+    rel_k_BLSH: Array | None = None,
+    rel_v_BLSH: Array | None = None,
 ) -> Array:
-    """softmax(q k^T / sqrt(H) [+ bias], masked) v; rows with no visible key give zeros."""
-    probs_BNLS = attention_weights(q_BLNH, k_BSKH, mask_BLS, bias_BNLS=bias_BNLS, softcap=softcap)
+    """softmax(q k^T / sqrt(H) [+ bias], masked) v; rows with no visible key give zeros.
+    `rel_k_BLSH` / `rel_v_BLSH`: Shaw et al.'s relative key and value terms (`shaw_relative`),
+    softmax(q (k + a^K)^T / sqrt(H)) (v + a^V) (arXiv:1803.02155, eqs. 3-4)."""
+    probs_BNLS = attention_weights(
+        q_BLNH, k_BSKH, mask_BLS, bias_BNLS=bias_BNLS, softcap=softcap, rel_k_BLSH=rel_k_BLSH
+    )
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs_BNLS.shape)
         probs_BNLS = jnp.where(keep, probs_BNLS / (1.0 - dropout_rate), 0.0)
-    return mix_values(probs_BNLS, v_BSKH)
+    out_BLNH = mix_values(probs_BNLS, v_BSKH)
+    if rel_v_BLSH is not None:
+        probs_BNLS = probs_BNLS.astype(rel_v_BLSH.dtype)
+        out_BLNH += jnp.einsum("BNLS,BLSH->BLNH", probs_BNLS, rel_v_BLSH).astype(out_BLNH.dtype)
+    return out_BLNH
+
+
+def shaw_relative(table_RH: Array, q_positions_BL: Array, kv_positions_BS: Array) -> Array:
+    """rel_BLSH = table[clip(pos_k - pos_q, -k, k) + k] with R = 2k + 1 rows: Shaw et al.'s
+    a_ij = w_clip(j - i, k), from positions, so a decode step reads the same entries."""
+    k = (table_RH.shape[0] - 1) // 2
+    distance_BLS = kv_positions_BS[:, None, :] - q_positions_BL[:, :, None]
+    return jnp.take(table_RH, jnp.clip(distance_BLS, -k, k) + k, axis=0)
 
 
 def attention_weights(
@@ -41,15 +59,23 @@ def attention_weights(
     *,
     bias_BNLS: Array | None = None,
     softcap: float | None = None,
+    scale: float | None = None,
+    rel_k_BLSH: Array | None = None,
 ) -> Array:
     """The attention probabilities probs_BNLS in float32 (query head n = kv head n // G):
-    each row sums to one over its visible keys; rows with none are zero."""
+    each row sums to one over its visible keys; rows with none are zero. `scale` multiplies
+    the logits (None: 1 / sqrt(H); T5 passes 1.0, its init absorbs the factor).
+    `rel_k_BLSH`: Shaw's relative key a^K_ij of each (query, key) pair, shared by heads."""
     B, L, N, H = q_BLNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
     q_BLKGH = q_BLNH.reshape(B, L, K, N // K, H)
     logits_BKGLS = jnp.einsum(
         "BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH, preferred_element_type=jnp.float32
-    ) * (H**-0.5)
+    ) * (H**-0.5 if scale is None else scale)
+    if rel_k_BLSH is not None:  # Shaw et al. 2018, eq. 4: q_i . (k_j + a^K_ij), scaled alike
+        logits_BKGLS += jnp.einsum(
+            "BLKGH,BLSH->BKGLS", q_BLKGH, rel_k_BLSH, preferred_element_type=jnp.float32
+        ) * (H**-0.5 if scale is None else scale)
     if softcap is not None:
         logits_BKGLS = softcap * jnp.tanh(logits_BKGLS / softcap)
     if bias_BNLS is not None:

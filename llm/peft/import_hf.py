@@ -111,7 +111,8 @@ def _modules(model_cfg: ModelConfig) -> dict[str, tuple[str, Any]]:
     for rule in rules_for(model_cfg):
         path = "/".join(rule.ours[0])
         if len(rule.ours) == 1 and rule.hf.endswith(".weight") and path.endswith("/w"):
-            if "{i}" in rule.hf and path.startswith("blocks/"):
+            # "{j}": one HF module per MoE expert; our LoRA does not adapt experts (lora.py)
+            if "{i}" in rule.hf and "{j}" not in rule.hf and path.startswith("blocks/"):
                 out[rule.hf.removesuffix(".weight")] = (path, rule)
     return out
 

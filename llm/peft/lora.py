@@ -83,6 +83,12 @@ def _target(path: str, shape: tuple[int, ...], axes: tuple[Any, ...]) -> Target:
             f"peft.target: {path} has axes {axes}; LoRA adapts the blocks' weight matrices "
             "(a leading 'layers' axis, then input and output axes)"
         )
+    if "expert" in axes:  # one low-rank update over all experts' flattened rows: not LoRA
+        raise ValueError(
+            f"peft.target: {path} holds the stacked weights of a mixture-of-experts MLP "
+            f"(axes {axes}); adapters per expert (LoRA, DoRA, IA3) are not supported: target "
+            "attention or the router"
+        )
     if axes[1] == EMBED:
         n_in = 1
     elif axes[-1] == EMBED:

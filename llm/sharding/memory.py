@@ -122,7 +122,7 @@ def activation_bytes(cfg: Config, rules: Mapping[str, R.MeshAxes], shape: Mappin
     s, b, h, a = t.seq_len, t.batch_size // t.grad_accum, m.d_model, m.n_heads
     ways = {n: math.prod(shape[x] for x in rules[n]) for n in ("batch", "length", "heads", "vocab")}
     d, c, tp = ways["batch"], ways["length"], ways["heads"]
-    if m.arch != "transformer":  # no attention: the baseline's own count, rows split over batch
+    if m.arch not in ("transformer", "t5"):  # no attention: the baseline's own, split over batch
         values = baseline_floats_per_token(m) * np.dtype(m.dtype).itemsize
         return int((s / c) * (b / d) * (values + 4 * m.vocab_size / ways["vocab"]))
     scale = np.dtype(m.dtype).itemsize / 2  # the paper's constants are for 16-bit values
@@ -130,12 +130,14 @@ def activation_bytes(cfg: Config, rules: Mapping[str, R.MeshAxes], shape: Mappin
     scores = 0 if m.attention_impl in FLASH_IMPLS else 5 * a * s / (h * tp)
     layer = local * (10 + 24 / tp + scores) * scale
     layer += 4 * s * (b / d) * m.kv_heads * m.head_size / tp * scale  # gathered K and V
+    # a t5 decoder layer adds cross-attention to a block: about 1.5 encoder layers
+    n = m.n_layers + (1.5 * m.decoder_layers if m.arch == "t5" else 0)
     if m.remat == "none":
-        blocks = m.n_layers * layer
+        blocks = n * layer
     elif m.remat == "full":
-        blocks = m.n_layers * 2 * local * scale + layer
+        blocks = n * 2 * local * scale + layer
     else:
-        blocks = m.n_layers * layer / 2 + layer / 2
+        blocks = n * layer / 2 + layer / 2
     logits = (s / c) * (b / d) * m.vocab_size / ways["vocab"] * 4
     return int(blocks + logits)
 

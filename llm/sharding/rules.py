@@ -18,7 +18,16 @@ Presets (Xu et al. 2021 "GSPMD", arXiv:2105.04663, for the mechanism):
            and values are all-gathered along the sequence for attention (not a ring; see
            docs/sharding.md), which GSPMD inserts from the shardings alone.
 
-Every preset splits `batch` over (data, fsdp) like `llm.data.device.batch_sharding`.
+Every preset splits `batch` over (data, fsdp, expert) like `llm.data.device.batch_sharding`.
+
+Expert parallelism (GShard, Lepikhin et al. 2020, arXiv:2006.16668), in every preset: the
+`expert` param axis (the E of MoE weights [E, D, F]) is split over the expert mesh axis, and
+so is the batch outside MoE layers (the expert axis is a data axis for attention and dense
+layers). Inside an MoE layer the dispatched tokens [B, E, C, D] are constrained to
+(`moe_batch`, `expert`, ...), `moe_batch` being the batch over (data, fsdp) only: going from
+batch-split-over-expert to experts-split-over-expert is the all-to-all, which GSPMD inserts
+(llm/model/moe.py; the compiled HLO is checked in tests/sharding/test_expert_parallel.py).
+On a dense model `mesh.expert` simply adds data parallelism.
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ from llm.typing import PyTree
 
 MeshAxes = tuple[str, ...]
 
-PARAM_AXES = ("vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "position", "layers")
-ACTIVATION_AXES = ("batch", "length", "act_embed", "expert")
+PARAM_AXES = (
+    "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "position", "layers", "expert",
+)  # fmt: skip
+ACTIVATION_AXES = ("batch", "length", "act_embed", "moe_batch")
 LOGICAL_AXES = PARAM_AXES + ACTIVATION_AXES
 
-_BATCH: MeshAxes = ("data", "fsdp")
+_BATCH: MeshAxes = ("data", "fsdp", "expert")  # outside MoE layers `expert` splits the batch
 _TP = {"vocab": ("tensor",), "mlp": ("tensor",), "heads": ("tensor",), "kv_heads": ("tensor",)}
 
 PRESETS: dict[str, dict[str, MeshAxes]] = {
@@ -48,6 +59,7 @@ PRESETS: dict[str, dict[str, MeshAxes]] = {
 }
 for _table in PRESETS.values():  # every logical name is listed; unlisted means replicated
     _table["expert"] = ("expert",)
+    _table["moe_batch"] = ("data", "fsdp")
     for _name in LOGICAL_AXES:
         _table.setdefault(_name, ())
 

@@ -27,6 +27,10 @@ class HFTokenizer:
         except Exception as e:  # the Rust error says what is wrong, not which file
             raise ValueError(f"{self.path}: not a valid tokenizer.json ({e})") from e
         self._tok.encode_special_tokens = True
+        # a file's padding / truncation settings (all-MiniLM-L6-v2: pad and cut to 128) would
+        # pad or silently cut every encode; callers pad and truncate themselves
+        self._tok.no_padding()
+        self._tok.no_truncation()
         vocab = self._tok.get_vocab(with_added_tokens=True)
         where = str(self.path)
         self._pad, self._bos, self._eos = find_specials(vocab, where)

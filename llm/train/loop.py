@@ -52,10 +52,12 @@ from llm.config import Config, check, to_dict
 from llm.data import make_batches, resolve_labels
 from llm.data.device import to_device
 from llm.data.objectives import mlm_mask_id
+from llm.data.seq2seq import check_seq2seq_data
 from llm.model.accounting import train_flops_per_token
 from llm.sharding import make_mesh, with_activation_sharding
 from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
+from llm.train.batchnorm_stats import calibrate_state, take_batches
 from llm.train.build import memory_report, run_trainable, state_layout
 from llm.train.layer_stats import make_activation_stats
 from llm.train.losses import Loss, check_batch_leaves, make_loss
@@ -137,6 +139,8 @@ class Trainer:
         self.start = self.drawn = int(self.state.step)  # drawn: batches taken from `batches`
         self.val: dict[str, float] | None = None
         self.profiling = False
+        self.bn_step: int | None = None  # norm=batchnorm: the step last calibrated at
+        self.bn_batches: list[dict[str, np.ndarray]] | None = None  # ... and on what
 
     def _start(self) -> int | None:
         """Resumes, starts fresh or starts over (llm/train/start.py); returns the step resumed
@@ -177,8 +181,21 @@ class Trainer:
         except NonFiniteState as err:
             raise TrainingDiverged(f"{err}; the last good checkpoint is untouched") from None
 
+    def calibrate_batchnorm(self, log: MetricsLogger) -> None:
+        """norm=batchnorm: PreciseBN statistics into the state, once per step
+        (llm/train/batchnorm_stats.py); nothing for other norms."""
+        step, k = int(self.state.step), self.cfg.model.batchnorm_calibration_batches
+        if self.cfg.model.norm != "batchnorm" or self.bn_step == step:
+            return
+        if self.bn_batches is None:  # the same K batches at every calibration
+            self.bn_batches = take_batches(default_batches(self.cfg, "train", self.tokenizer), k)
+        self.state = calibrate_state(self.cfg, self.state, self.bn_batches, self.put)
+        self.bn_step = step
+        log.message(f"step {step}: BatchNorm statistics pooled over {k} training batches")
+
     def run_eval(self, log: MetricsLogger) -> dict[str, float]:
         """The loss's own validation metrics (perplexity and bpb for language modelling)."""
+        self.calibrate_batchnorm(log)
         self.val = self.loss.evaluate(
             self.state.params,
             self.state.frozen,
@@ -209,6 +226,19 @@ def _check_data(cfg: Config, tokenizer: Any, loss: Loss) -> None:
         "'mlm' makes masked-token batches, but loss.name='causal_lm' trains a causal decoder "
         "to predict the next token; use data.objective=causal with this loss",
     )
+    check(
+        loss.name != "mlm" or cfg.data.objective == "mlm",
+        "data.objective",
+        f"is {cfg.data.objective!r}, but loss.name='mlm' needs masked-token batches: set "
+        "data.objective=mlm",
+    )
+    check(
+        cfg.model.causal or loss.name not in ("causal_lm", "sft"),
+        "model.causal",
+        f"model.causal=false sees every token, the next one too: loss.name={loss.name!r} "
+        "would learn to copy it; train an encoder with loss.name=mlm",
+    )
+    check_seq2seq_data(cfg, tokenizer)  # span corruption / pairs vs arch, loss, sentinels
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
@@ -353,6 +383,7 @@ def _train(tr: Trainer, flag: SignalFlag, log: MetricsLogger) -> tuple[float | N
                 if evaluating:
                     tr.run_eval(log)
                 if saving or evaluating:
+                    tr.calibrate_batchnorm(log)  # every checkpoint: its own step's statistics
                     tr.save(tr.val["loss"] if evaluating else None)
                 window = Window(step)
         if window.pending:
@@ -384,6 +415,7 @@ def _finish(tr: Trainer, flag: SignalFlag, log: MetricsLogger, step: int) -> str
         on_disk = f"step {step} is on disk" if tr.resumed_from is not None else "nothing trained"
         log.message(f"{stopped} received before the first step: no checkpoint needed ({on_disk})")
         return stopped
+    tr.calibrate_batchnorm(log)
     tr.save()
     tr.ckpt.wait()
     if stopped:

@@ -1,5 +1,6 @@
 """Parameter counts equal the published figures; FLOPs agree with XLA's cost analysis."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,22 @@ def test_dry_run_report_for_7b_is_fast():
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
     assert "6,738,415,616" in out and "optimizer state (adamw)" in out
+
+
+def test_t5_matmul_params_are_every_projection_plus_the_output_layer():
+    """An encoder-decoder's per-token matmul weights: every w of both stacks (one encoder
+    token and one decoder token) plus the tied output layer, counted from the real tree."""
+    cfg = ModelConfig(
+        arch="t5", pos_encoding="none", norm="rmsnorm", norm_bias=False, activation="relu",
+        n_layers=2, n_decoder_layers=3, d_model=32, n_heads=4, d_ff=64, vocab_size=100,
+    )  # fmt: skip
+    params = abstract_params(cfg)
+    stacks = [params["encoder_blocks"], params["decoder_blocks"]]
+    projections = sum(
+        math.prod(leaf.shape)
+        for stack in stacks
+        for path, leaf in jax.tree_util.tree_flatten_with_path(stack)[0]
+        if jax.tree_util.keystr(path).endswith("['w']")
+    )
+    assert accounting.matmul_params(cfg) == projections + 100 * 32
+    assert accounting.forward_flops_per_token(cfg, 16) > 2 * accounting.matmul_params(cfg)

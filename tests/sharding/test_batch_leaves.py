@@ -96,9 +96,9 @@ def one_device():
 @pytest.mark.parametrize(
     ("preset", "pair_spec"),
     [
-        ("dp", P(("data", "fsdp"), None, None)),
-        ("fsdp", P(("data", "fsdp"), None, None)),
-        ("tp_sp", P(("data", "fsdp"), None, "sequence")),
+        ("dp", P(("data", "fsdp", "expert"), None, None)),
+        ("fsdp", P(("data", "fsdp", "expert"), None, None)),
+        ("tp_sp", P(("data", "fsdp", "expert"), None, "sequence")),
     ],
 )
 def test_pair_loss_sharded_equals_one_device(preset, pair_spec, one_device):
@@ -109,7 +109,7 @@ def test_pair_loss_sharded_equals_one_device(preset, pair_spec, one_device):
     put = batch_shardings(plan, loss.batch_axes)
     losses, params, placed = run(cfg, loss, layout.shardings, put, mesh=plan)
     assert placed["inputs_B2L"].sharding.spec == pair_spec
-    assert placed["weight_B"].sharding.spec == P(("data", "fsdp"))
+    assert placed["weight_B"].sharding.spec == P(("data", "fsdp", "expert"))
     assert len(placed["weight_B"].sharding.device_set) == 8
     want_losses, want_params, _ = one_device
     # tp_sp splits every matmul's contraction over the model axis and the sequence sums over

@@ -42,13 +42,13 @@ def test_golden_param_and_adam_state_specs_fsdp_tp():
     adam = specs.opt_state[1][0]  # chain(clip, adamw) -> (scale_by_adam, decay, schedule)
     assert adam.mu == {MODEL: GOLDEN_FSDP_TP} and adam.nu == {MODEL: GOLDEN_FSDP_TP}
     assert adam.count == P() and specs.step == P() and specs.rng == P()
-    assert plan.batch.spec == P(("data", "fsdp"), None)
+    assert plan.batch.spec == P(("data", "fsdp", "expert"), None)
 
 
 def test_tp_sp_splits_batch_length_and_heads():
     cfg = preset_config("tp_sp")
     plan = make_plan(cfg, make_mesh(cfg.mesh))
-    assert plan.batch.spec == P(("data", "fsdp"), "sequence")
+    assert plan.batch.spec == P(("data", "fsdp", "expert"), "sequence")
     assert plan.param_specs["blocks"]["attn"]["q"]["w"] == P(None, None, "tensor", None)
     assert plan.param_specs["token_embed"] == P("tensor", None)
 

@@ -26,8 +26,10 @@ from llm.train.losses.distill import DistillLoss
 from llm.train.losses.dpo import CDPOLoss, DPOLoss, IPOLoss, ORPOLoss, SimPOLoss
 from llm.train.losses.grpo import GRPOLoss
 from llm.train.losses.kto import KTOLoss
+from llm.train.losses.mlm import MLMLoss
 from llm.train.losses.ppo import PPOLoss
 from llm.train.losses.reward import RewardLoss
+from llm.train.losses.seq2seq import Seq2SeqLoss
 from llm.train.losses.sft import SFTLoss
 
 Builder = Callable[[Any, Any], Loss]  # (loss config section, ModelConfig) -> Loss
@@ -42,6 +44,8 @@ def register_loss(name: str, builder: Builder) -> None:
 
 register_loss("causal_lm", CausalLMLoss.from_config)
 register_loss("sft", SFTLoss.from_config)
+register_loss("mlm", MLMLoss.from_config)
+register_loss("seq2seq", Seq2SeqLoss.from_config)
 register_loss("classification", ClassificationLoss.from_config)
 register_loss("distill", DistillLoss.from_config)
 register_loss("dpo", DPOLoss.from_config)
@@ -55,11 +59,21 @@ register_loss("grpo", GRPOLoss.from_config)
 register_loss("reward", RewardLoss.from_config)
 
 
+# losses that add `ModelOutput.aux_losses` (an MoE's router losses) to their objective
+ADDS_AUX_LOSSES = ("causal_lm", "sft", "mlm", "seq2seq", "distill")
+
+
 def make_loss(cfg: Any) -> Loss:
     """The loss named by `cfg.loss.name`, configured from `cfg.loss` and `cfg.model`."""
     name = cfg.loss.name
     if name not in LOSSES:
         raise ValueError(f"loss.name: no loss {name!r} is registered ({sorted(LOSSES)})")
+    moe = cfg.model.n_experts and (cfg.model.moe_lb_weight or cfg.model.moe_z_weight)
+    if moe and name not in ADDS_AUX_LOSSES:  # the router losses would be silently dropped
+        raise ValueError(
+            f"model.moe_lb_weight / moe_z_weight: loss {name!r} does not add the model's "
+            f"auxiliary losses (only {', '.join(ADDS_AUX_LOSSES)} do); set both to 0"
+        )
     return LOSSES[name](cfg.loss, cfg.model)
 
 
@@ -77,10 +91,12 @@ __all__ = [
     "Loss",
     "LossFn",
     "LossOutput",
+    "MLMLoss",
     "ORPOLoss",
     "PPOLoss",
     "RewardLoss",
     "SFTLoss",
+    "Seq2SeqLoss",
     "SimPOLoss",
     "check_batch_leaves",
     "cross_entropy_chunked",

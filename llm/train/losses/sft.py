@@ -6,7 +6,8 @@ conversation (contents and each end-of-turn token; never system or user tokens).
 SFT of InstructGPT (Ouyang et al. 2022, sec. 3.5) with the prompt tokens masked out, as in
 TRL's `assistant_only_loss`. Validation reports what SFT is judged by on held-out chats: the
 mean assistant-token cross-entropy (nats/token) and the fraction of assistant tokens whose
-greedy (arg-max) prediction is the reference token.
+greedy (arg-max) prediction is the reference token. With `model.prefix_lm` each chat's first
+prompt is a bidirectional prefix (prefix-LM SFT, llm/model/prefix_lm.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.config.loss import SFTLossConfig
+from llm.model.prefix_lm import sft_prefix
 from llm.ops.cross_entropy import cross_entropy_plain
 from llm.train.losses.base import Batch, Loss, LossOutput
 from llm.train.losses.causal_lm import CausalLMLoss
@@ -37,6 +39,28 @@ class SFTLoss(CausalLMLoss):
     def from_config(cls, cfg: SFTLossConfig, model: Any) -> SFTLoss:
         return cls(model, cfg.z_loss, cfg.label_smoothing, cfg.chunk_size)
 
+    def __call__(self, params: PyTree, frozen: PyTree, batch: Batch, key: Any) -> LossOutput:
+        out = model_forward(
+            self.model,
+            params,
+            frozen,
+            batch["inputs"],
+            positions_BL=batch["positions"],
+            segment_ids_BL=batch["segment_ids"],
+            dropout_key=key,
+            return_logits=self.chunk_size is None,
+            **self._prefix(batch),
+        )
+        return self._sums(params, frozen, batch, out)
+
+    def _prefix(self, batch: Batch) -> dict:
+        """A prefix-LM (`model.prefix_lm`) reads each chat's first prompt bidirectionally
+        (llm/model/prefix_lm.py); the loss stays on the assistant tokens after it."""
+        if not getattr(self.model, "prefix_lm", False):
+            return {}
+        mask, positions, segments = batch["loss_mask"], batch["positions"], batch["segment_ids"]
+        return {"prefix_BL": sft_prefix(mask, positions, segments)}
+
     @functools.cached_property
     def _eval_sums(self) -> Callable[[PyTree, PyTree, Batch], LossOutput]:
         """Sums of cross-entropy and of correct greedy predictions over masked tokens."""
@@ -49,6 +73,7 @@ class SFTLoss(CausalLMLoss):
                 batch["inputs"],
                 positions_BL=batch["positions"],
                 segment_ids_BL=batch["segment_ids"],
+                **self._prefix(batch),
             )
             logits, targets, mask = out.logits_BLV, batch["targets"], batch["loss_mask"]
             _, ce = cross_entropy_plain(logits, targets, mask)
