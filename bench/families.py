@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -66,10 +65,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
-
 from llm.config import Config, ConfigError, load_config
-from llm.model.functional import abstract_params, logical_axes
+from llm.model.accounting import param_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -188,21 +185,13 @@ class Base:
 
 def param_count(cfg: Config) -> int:
     """Every weight of the model (embeddings, norms, biases included), from shapes alone."""
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg.model)))
+    return param_counts(cfg.model).total
 
 
 def active_count(cfg: Config) -> int:
-    """Weights one token is multiplied by: a mixture of experts counts top-k of its experts
-    (the leaves with an `expert` logical axis scale by k / n_experts); others: all of them."""
-    n_experts = getattr(cfg.model, "n_experts", 0)
-    if not n_experts:
-        return param_count(cfg)
-    shapes = jax.tree.leaves(abstract_params(cfg.model))
-    specs = jax.tree.leaves(logical_axes(cfg.model), is_leaf=lambda s: hasattr(s, "index"))
-    expert = sum(
-        math.prod(x.shape) for x, s in zip(shapes, specs, strict=True) if "expert" in tuple(s)
-    )
-    return param_count(cfg) - expert + expert * cfg.model.experts_per_token // n_experts
+    """Weights one token is multiplied by (`llm.model.accounting`: a mixture of experts
+    counts top-k of its experts; any other model all of its weights)."""
+    return param_counts(cfg.model).active
 
 
 def closest(f: Callable[[int], int], target: int, lo: int, hi: int) -> int:

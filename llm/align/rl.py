@@ -58,6 +58,7 @@ from llm.train.metrics import MetricsLogger, measure_peak_flops
 from llm.train.monitor import TrainingDiverged, Window, flush
 from llm.train.optim import make_schedule
 from llm.train.preemption import SignalFlag
+from llm.train.run_checks import check_encoder_loss
 from llm.train.start import start_run
 from llm.train.step import make_train_step
 from llm.train.trainable import Trainable, model_params
@@ -113,6 +114,7 @@ class RLTrainer:
             raise ValueError("train.layer_stats is read by llm.train.train; the RL loop does "
                              "not log per-layer statistics (set it false)")  # fmt: skip
         loss = loss if loss is not None else make_loss(cfg)
+        check_encoder_loss(cfg, loss.name)  # an encoder cannot generate rollouts
         if not isinstance(loss, RLLoss):
             raise ValueError(f"loss {loss.name!r} is not an RL loss (llm/train/losses/rl.py)")
         self.loss = for_rollouts(loss, rl)

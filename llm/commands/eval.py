@@ -84,23 +84,62 @@ def run(args: argparse.Namespace) -> int:
     for corpus in args.data:
         data = dataclasses.replace(cfg.data, corpus=corpus)
         sets.append((corpus, dataclasses.replace(cfg, data=data), "validation"))
-    print(f"{'corpus':<24} {'split':<11} {'loss':>8} {'ppl':>9} {'bits/byte':>10} {'tokens':>9}")
-    for name, c, split in sets:
-        m = evaluate(c.model, params, make_batches(c, split, tokenizer), tokenizer, n)
-        cols = f"{m['loss']:8.4f} {m['ppl']:9.2f} {m['bpb']:10.4f} {m['tokens']:9.0f}"
-        print(f"{name:<24} {split:<11} {cols}")
+    if cfg.model.arch == "t5" or cfg.model.prefix_lm:
+        evaluate_by_loss(cfg, params, tokenizer, sets, n)
+    else:
+        head = f"{'loss':>8} {'ppl':>9} {'bits/byte':>10} {'tokens':>9}"
+        print(f"{'corpus':<24} {'split':<11} {head}")
+        for name, c, split in sets:
+            m = evaluate(c.model, params, make_batches(c, split, tokenizer), tokenizer, n)
+            cols = f"{m['loss']:8.4f} {m['ppl']:9.2f} {m['bpb']:10.4f} {m['tokens']:9.0f}"
+            print(f"{name:<24} {split:<11} {cols}")
     e = cfg.eval
     prompt = e.prompt if args.prompt is None else args.prompt
+    n_samples = e.samples if args.samples is None else args.samples
     if not cfg.model.causal:
         print("no samples: model.causal=false is an encoder, which does not generate text")
         return 0
-    for i in range(e.samples if args.samples is None else args.samples):
+    if cfg.model.arch == "t5":
+        refuse([(args.prompt is not None, "--prompt: model.arch=t5 samples decode validation "
+                 "sources greedily (llm/eval/seq2seq.py), not a free prompt")])  # fmt: skip
+        if n_samples:
+            from llm.eval.seq2seq import seq2seq_samples
+
+            print("--- greedy decoding of validation rows (seq2seq_generate) ---")
+            print("\n".join(seq2seq_samples(cfg, params, tokenizer, n_samples)))
+        return 0
+    for i in range(n_samples):
         text = sample(
             cfg.model, params, tokenizer, prompt, max_new_tokens=e.sample_tokens,
             temperature=e.temperature, top_k=e.top_k, seed=e.seed + i,
         )  # fmt: skip
         print(f"--- sample {i + 1} ---\n{text}")
     return 0
+
+
+def evaluate_by_loss(cfg: Any, params: Any, tokenizer: Any, sets: list, n: int) -> None:
+    """T5 and prefix-LM checkpoints are evaluated by their run's own loss: Seq2SeqLoss reads
+    encoder-decoder batches, the SFT loss builds each chat's prefix (llm/model/prefix_lm.py);
+    the plain `llm.train.evaluate` knows neither."""
+    from llm.data import make_batches
+    from llm.data.seq2seq import check_seq2seq_data
+    from llm.train.losses import make_loss
+    from llm.train.trainable import MODEL
+
+    m, name = cfg.model, cfg.loss.name
+    refuse([
+        (m.arch == "t5" and name != "seq2seq",
+         f"model.arch=t5 is evaluated through loss.name=seq2seq; this checkpoint has {name!r}"),
+        (m.prefix_lm and name != "sft",
+         f"model.prefix_lm=true is evaluated through loss.name=sft, which builds the prefix; "
+         f"this checkpoint has {name!r}, which passes none"),
+    ])  # fmt: skip
+    for corpus, c, split in sets:
+        check_seq2seq_data(c, tokenizer)
+        loss = make_loss(c)
+        batches = make_batches(c, split, tokenizer)
+        metrics = loss.evaluate({MODEL: params}, {}, batches, tokenizer=tokenizer, max_batches=n)
+        print(f"{corpus:<24} {split:<11} {loss.summary(metrics)}")
 
 
 def task_settings(args: argparse.Namespace, specs: list) -> Any:
@@ -142,6 +181,13 @@ def run_tasks(args: argparse.Namespace) -> int:
     tasks = load_tasks(specs, settings)
     with model_dir_errors(args.checkpoint):
         model = load_model(args.checkpoint, args.step)
+    arch, prefix_lm = model.config.model.arch, model.config.model.prefix_lm
+    refuse([
+        (arch == "t5", "--tasks score decoder-only models; model.arch=t5 is evaluated without "
+         "--tasks (its seq2seq loss and greedy decoding of validation rows)"),
+        (prefix_lm, "--tasks run plain causal forwards; model.prefix_lm=true is evaluated "
+         "without --tasks (through its SFT loss, which builds the prefix)"),
+    ])  # fmt: skip
     print(f"{args.checkpoint}: {model.layout} model, step {model.step}", file=sys.stderr)
     results = run_all(model, tasks, settings)
     record = dataclasses.asdict(settings) | {"tasks": [s.spec for s in specs]}

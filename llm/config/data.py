@@ -123,3 +123,10 @@ class DataConfig:
         )
         check(0.0 < self.span_density < 1.0, "span_density", "must be in (0, 1)")
         check(self.span_mean_length >= 1.0, "span_mean_length", "must be >= 1 token")
+        for key, default in (("span_density", 0.15), ("span_mean_length", 3.0)):
+            check(
+                self.objective == "span_corruption" or getattr(self, key) == default,
+                key,
+                f"is read only by objective=span_corruption; objective={self.objective} "
+                "would ignore it",
+            )

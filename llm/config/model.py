@@ -198,6 +198,12 @@ class ModelConfig:
             "sliding_window",
             "limits how far back a query looks; with causal=false it would be one-sided",
         )
+        check(
+            self.causal or self.kv_cache_dtype == "auto",
+            "kv_cache_dtype",
+            f"{self.kv_cache_dtype!r} sets the decode cache; causal=false (an encoder) never "
+            "decodes, so it would be ignored",
+        )
         for key in ("causal", "embed_norm", "type_vocab_size"):
             check(
                 self.arch == "transformer" or getattr(self, key) == _DEFAULTS[key],

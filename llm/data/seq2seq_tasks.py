@@ -19,8 +19,10 @@ applied to it:
 
 Deterministic by seed: the distinct lines are sorted, permuted with `numpy.random.default_rng(
 seed)`, and the first `max(1, round(val_fraction n))` of the permutation are the validation
-split. Sources are distinct, so the two splits never share a source (nor, the rules being
-one-to-one, a target).
+split. Sources are distinct, so the two splits never share a source; reverse_words and rot13
+are one-to-one, so they never share a target either. pig_latin is not one-to-one ("will" and
+"ill" both give "illway"), so a validation target may also be a training target, from a
+different source.
 """
 
 from __future__ import annotations

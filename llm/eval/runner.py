@@ -284,6 +284,12 @@ def load_tasks(specs: list[TaskSpec], s: Settings) -> list[Task]:
 
 def run_tasks(model: Any, tasks: list[Task], s: Settings) -> dict[str, TaskResult]:
     """Every task on the loaded model (`llm.checkpoint.LoadedModel`), in order."""
+    if not model.config.model.causal:  # every task scores next-token log-likelihoods
+        raise ValueError(
+            "--tasks: model.causal=false is a bidirectional encoder; it sees the continuation "
+            "it would score (perplexity, multiple choice, generation), so no task measures "
+            "it: evaluate an encoder with its training loss (mlm) or `llm embed`"
+        )
     scorer = Scorer(model, batch_size=s.batch_size)
     results: dict[str, TaskResult] = {}
     for task in tasks:

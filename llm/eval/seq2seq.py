@@ -84,6 +84,12 @@ def decoder_greedy(
 ) -> list[list[int]]:  # fmt: skip
     """Each prompt's greedy continuation (up to EOS) by a decoder-only model, batched."""
     L = max(len(p) for p in prompts) + max_new_tokens
+    if cfg.pos_encoding == "learned" and L > cfg.max_seq_len:  # the table lookup would clamp
+        raise ValueError(
+            f"decoder_greedy: the longest prompt plus {max_new_tokens} new tokens is {L} "
+            f"tokens, beyond model.max_seq_len={cfg.max_seq_len} (learned positions): shorten "
+            "the pairs or use a model with a longer position table"
+        )
     window = np.full((len(prompts), L), pad_id, np.int32)
     for r, p in enumerate(prompts):
         window[r, : len(p)] = p

@@ -178,6 +178,8 @@ def _bert_type(cfg: ModelConfig) -> str | None:
         "qk_norm": cfg.qk_norm,
         "attn_logit_softcap": cfg.attn_logit_softcap is not None,
         "residual=false": not cfg.residual,
+        f"attention_pattern={cfg.attention_pattern!r}": cfg.attention_pattern != "dense",
+        "n_experts > 0 (BertModel's MLP is dense)": cfg.n_experts > 0,
     }
     if found := [name for name, bad in lacks.items() if bad]:
         raise UnsupportedConfig(f"a BERT-layout encoder BertModel cannot compute: {found}")

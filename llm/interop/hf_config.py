@@ -247,16 +247,28 @@ def check_transformer(cfg: ModelConfig, what: str) -> None:
             f"{what}: model.residual=false has no counterpart (every exported architecture "
             "adds its blocks' outputs to the residual stream): keep the checkpoint in our format"
         )
-    for key, plain in (("attention_pattern", "dense"), ("prefix_lm", False)):  # mask rules
+    check_mask_rules(cfg, what)
+    plain = dict(causal=True, embed_norm=False, type_vocab_size=0)  # BERT's parts
+    if found := [f"{k}={getattr(cfg, k)!r}" for k, v in plain.items() if getattr(cfg, k) != v]:
+        raise UnsupportedConfig(
+            f"{what}: {found} have no counterpart in a causal Transformer (GPT-2, Llama; an "
+            "encoder exports only in BERT's layout): keep the checkpoint in our format"
+        )
+
+
+def check_mask_rules(cfg: ModelConfig, what: str) -> None:
+    """Refuses attention masks no exported architecture applies (sparse patterns, prefix-LM)."""
+    for key, plain in (("attention_pattern", "dense"), ("prefix_lm", False)):
         if getattr(cfg, key) != plain:
             raise UnsupportedConfig(
-                f"{what}: model.{key}={getattr(cfg, key)!r} has no counterpart (exported "
-                "architectures attend densely and causally): keep the checkpoint in our format"
+                f"{what}: model.{key}={getattr(cfg, key)!r} has no counterpart (no exported "
+                "architecture applies this mask rule): keep the checkpoint in our format"
             )
 
 
 def hf_model_type(cfg: ModelConfig) -> str:
     """The Hugging Face architecture that computes exactly what `cfg` computes."""
+    check_mask_rules(cfg, "Hugging Face export")  # before any family claims the layout
     for family_type in FAMILY_TYPES:
         if (model_type := family_type(cfg)) is not None:
             return model_type

@@ -31,7 +31,8 @@ shared expert per token (dispatch work is not counted).
 
 Activation memory follows Korthikanti et al. (2022, arXiv:2205.05198), Eq. 2, per layer:
 s*b*d*(34 + 5*n*s/d) bytes at 16-bit with no recomputation; full recomputation keeps only
-each block's input (2*s*b*d bytes per layer) plus one block's full activations.
+each block's input (2*s*b*d bytes per layer) plus one block's full activations. An MoE
+layer adds an estimate of its routed experts' activations (`moe_floats_per_token`).
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def activation_bytes(cfg: Config) -> int:
         return int(s * b * (values + 4 * m.vocab_size))
     scale = np.dtype(m.dtype).itemsize / 2  # the paper's constants are for 16-bit
     full_layer = s * b * d * (34 + 5 * m.n_heads * s / d) * scale
+    full_layer += s * b * moe_floats_per_token(m, s) * np.dtype(m.dtype).itemsize  # MoE: est.
     logits = s * b * m.vocab_size * 4  # float32 logits for the loss
     if m.remat == "none":
         per_layer_total = m.n_layers * full_layer
@@ -206,6 +208,30 @@ def baseline_floats_per_token(m: ModelConfig) -> int:
     directions = 2 if m.rnn_bidirectional else 1
     per_layer = m.d_model * (directions + gates + state)
     return m.d_model + directions * m.n_layers * per_layer
+
+
+def moe_floats_per_token(m: ModelConfig, seq_len: int) -> float:
+    """An estimate of the values one MoE layer (llm/model/moe.py) keeps per token beyond the
+    dense MLP's, for rows of `seq_len` tokens (0 for a dense model): the router's 2 E logits
+    and probabilities, plus, with E experts of width F, k per token, model width D:
+    dense dropless: every expert on every token, the [B, E, L, F] up/gate/activation
+      tensors and the [B, E, L, D] outputs: E (3F + D);
+    ragged dropless: the k gathered inputs, hidden and outputs: k (3F + 2D);
+    capacity cf: k*cf slots per token in and out of the experts, k*cf (2D + 3F), plus the
+      one-hot slot tensors [L, K, E, C] and dispatch/combine [L, E, C] (C = cf L k / E):
+      cf k L (k + 2), which grows with the row length.
+    Not counted: XLA's fusion may skip some of these, or keep more."""
+    if not m.n_experts:
+        return 0.0
+    E, K, D = m.n_experts, m.experts_per_token, m.d_model
+    F = m.moe_d_ff or m.d_ff
+    router = 2 * E
+    if m.capacity_factor is not None:
+        cf = m.capacity_factor
+        return router + K * cf * (2 * D + 3 * F) + cf * K * seq_len * (K + 2)
+    if m.moe_dropless == "ragged":
+        return router + K * (3 * F + 2 * D)
+    return router + E * (3 * F + D)
 
 
 def report(cfg: Config) -> str:

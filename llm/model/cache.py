@@ -57,6 +57,12 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
             "model.causal=false is a bidirectional encoder: every token sees the whole input, "
             "so it does not decode token by token (no KV cache, no generation)"
         )
+    if cfg.n_experts and cfg.capacity_factor is not None:
+        raise ValueError(
+            f"model.capacity_factor={cfg.capacity_factor}: an MoE with a capacity counts the "
+            "tokens of each call, so decoding step by step would route unlike the full forward; "
+            "decode with a dropless MoE: model.capacity_factor null"
+        )
     if cfg.arch == "transformer":
         return KVCache.init(cfg, batch, max_len)
     return model_class(cfg).init_cache(cfg, batch, max_len)

@@ -16,16 +16,23 @@ Design choices (config fields in `ModelConfig`, block "mixture of experts"):
   all-to-all); `ragged` sorts the assignments by expert and runs `jax.lax.ragged_dot` (a grouped
   GEMM on GPU/TPU; JAX lowers it on CPU to a masked dense product over all E groups).
 * Capacity (GShard, Lepikhin et al., 2020, arXiv:2006.16668; Switch): each expert takes at
-  most C = ceil(capacity_factor * L * K / E) assignments per batch row, first choices of all
-  tokens before second choices, earlier tokens first; an assignment past capacity is dropped
-  and its token keeps only the other experts' outputs (nothing at all: the residual alone).
-  Dispatch and combine are one-hot einsums to and from [B, E, C, D], the layout expert
-  parallelism shards (`expert` on E; the all-to-all is GSPMD's, llm/sharding/rules.py).
+  most C = ceil(capacity_factor * N * K / E) assignments per batch row (N: the row's
+  non-padding tokens), queued in token order (all k choices of token t before token t+1), so
+  a token's drops depend on earlier tokens only (causal); an assignment past capacity is
+  dropped and its token keeps only the other experts' outputs (nothing at all: the residual
+  alone). The group is the row: documents packed in one row share its capacity. Dispatch and
+  combine are one-hot einsums to and from [B, E, C, D] (C for the whole row), the layout
+  expert parallelism shards (`expert` on E; the all-to-all is GSPMD's, llm/sharding/rules.py).
+  C counts each call's tokens, so a capacity MoE cannot decode step by step: `init_cache`
+  refuses it.
+* Padding (segment id 0) takes no capacity slot, is left out of both auxiliary losses, and
+  gets no routed output (zero; the shared expert still runs on it).
 * Auxiliary losses in `LayerOutput.aux_losses`, already weighted by the config: load
   balancing `moe_lb` = E * sum_e f_e P_e (Switch eq. 4; f_e the fraction of the T*K
   assignments routed to e, P_e the mean router probability; 1 for uniform routing) and the
   router z-loss `moe_z` = mean_t logsumexp(logits_t)^2 (ST-MoE, Zoph et al., 2022,
-  arXiv:2202.08906). The dropped-assignment count is not a loss: `route` returns it.
+  arXiv:2202.08906), both means over the non-padding tokens. The dropped-assignment count
+  is not a loss: `route` returns it.
 * Shared experts (DeepSeekMoE, Dai et al., 2024, arXiv:2401.06066; Qwen2-MoE): a dense MLP
   every token passes through, optionally scaled by sigmoid(x . w_gate) (Qwen2-MoE).
 
@@ -64,7 +71,8 @@ class Routing:
     """Where each token goes. experts_BLK / weights_BLK: its top-k experts and their combine
     weights; keep_BLK: the assignment fits its expert's capacity (all True when dropless);
     slot_BLK: its slot in the expert's buffer; probs_BLE: router probabilities (sigmoid ones
-    normalised per token); logits_BLE: float32 router logits."""
+    normalised per token); logits_BLE: float32 router logits; valid_BL: not padding (padding
+    is never kept)."""
 
     experts_BLK: Array
     weights_BLK: Array
@@ -72,11 +80,12 @@ class Routing:
     slot_BLK: Array
     probs_BLE: Array
     logits_BLE: Array
+    valid_BL: Array
 
     @property
     def dropped(self) -> Array:
         """How many token-to-expert assignments were dropped for lack of capacity."""
-        return jnp.sum(~self.keep_BLK)
+        return jnp.sum(~self.keep_BLK & self.valid_BL[..., None])
 
 
 class MoE(nnx.Module):
@@ -104,16 +113,19 @@ class MoE(nnx.Module):
                    std=cfg.init_std, dtype=cfg.dtype, **common)
         )  # fmt: skip
 
-    def route(self, x_BLD: Array) -> Routing:
-        """Top-k routing of every token, with capacity (if configured) applied."""
+    def route(self, x_BLD: Array, segment_ids_BL: Array | None = None) -> Routing:
+        """Top-k routing of every token, with capacity (if configured) applied; tokens of
+        segment 0 (padding) are routed nowhere."""
         cfg = self.cfg
         B, L, _ = x_BLD.shape
         logits_BLE = self.router(x_BLD.reshape(B * L, -1)).reshape(B, L, -1)
-        return route(cfg, logits_BLE)
+        valid_BL = None if segment_ids_BL is None else segment_ids_BL != 0
+        return route(cfg, logits_BLE, valid_BL)
 
-    def __call__(self, x_BLD: Array) -> LayerOutput:
+    def __call__(self, x_BLD: Array, segment_ids_BL: Array | None = None) -> LayerOutput:
+        """The MoE branch; `segment_ids_BL` (None: no padding) marks padding with 0."""
         cfg = self.cfg
-        routing = self.route(x_BLD)
+        routing = self.route(x_BLD, segment_ids_BL)
         if cfg.capacity_factor is not None:
             y_BLD = self._capacity(x_BLD, routing)
         elif cfg.moe_dropless == "ragged":
@@ -179,7 +191,8 @@ class MoE(nnx.Module):
         else:
             h_AF = act(h_AF)
         y_AD = jax.lax.ragged_dot(h_AF, w["down"], sizes_E)
-        y_AD = y_AD * r.weights_BLK.reshape(-1)[order_A, None].astype(y_AD.dtype)
+        weights_A = jnp.where(r.keep_BLK, r.weights_BLK, 0.0).reshape(-1)[order_A]
+        y_AD = y_AD * weights_A[:, None].astype(y_AD.dtype)
         return jnp.zeros((B * L, D), y_AD.dtype).at[token_A].add(y_AD).reshape(B, L, D)
 
     def _shared(self, x_BLD: Array) -> Array:
@@ -203,14 +216,25 @@ def dense_config(cfg: ModelConfig, d_ff: int) -> ModelConfig:
 
 
 def capacity(cfg: ModelConfig, length: int) -> int:
-    """Slots per expert and batch row: ceil(capacity_factor * L * K / E) (GShard)."""
+    """Slots per expert and batch row of `length` tokens: ceil(capacity_factor * L * K / E)
+    (GShard)."""
     E, K = cfg.n_experts, cfg.experts_per_token
     return max(1, math.ceil(cfg.capacity_factor * length * K / E))
 
 
-def route(cfg: ModelConfig, logits_BLE: Array) -> Routing:
-    """Top-k experts, their weights, and (with a capacity) which assignments fit."""
+def row_capacity(cfg: ModelConfig, valid_BL: Array) -> Array:
+    """[B]: each row's capacity from its count of non-padding tokens (a lookup in a table of
+    `capacity` for 0..L tokens, so it rounds exactly like it)."""
+    table_N = jnp.array([capacity(cfg, n) for n in range(valid_BL.shape[1] + 1)], jnp.int32)
+    return table_N[jnp.sum(valid_BL, axis=1)]
+
+
+def route(cfg: ModelConfig, logits_BLE: Array, valid_BL: Array | None = None) -> Routing:
+    """Top-k experts, their weights, and which assignments are kept: those of valid tokens
+    (`valid_BL`, False for padding; None: every token is valid) within the capacity, if any."""
     logits_BLE = logits_BLE.astype(jnp.float32)
+    if valid_BL is None:
+        valid_BL = jnp.ones(logits_BLE.shape[:2], bool)
     if cfg.moe_gate == "softmax":
         scores_BLE = jax.nn.softmax(logits_BLE, axis=-1)
         probs_BLE = scores_BLE
@@ -220,22 +244,23 @@ def route(cfg: ModelConfig, logits_BLE: Array) -> Routing:
     weights_BLK, experts_BLK = jax.lax.top_k(scores_BLE, cfg.experts_per_token)
     if cfg.moe_renormalize:
         weights_BLK = weights_BLK / jnp.sum(weights_BLK, axis=-1, keepdims=True)
-    slot_BLK = _slots(experts_BLK, cfg.n_experts)
-    if cfg.capacity_factor is None:
-        keep_BLK = jnp.ones(experts_BLK.shape, bool)
-    else:
-        keep_BLK = slot_BLK < capacity(cfg, logits_BLE.shape[1])
-    return Routing(experts_BLK, weights_BLK, keep_BLK, slot_BLK, probs_BLE, logits_BLE)
+    slot_BLK = _slots(experts_BLK, valid_BL, cfg.n_experts)
+    keep_BLK = jnp.broadcast_to(valid_BL[..., None], experts_BLK.shape)
+    if cfg.capacity_factor is not None:
+        keep_BLK = keep_BLK & (slot_BLK < row_capacity(cfg, valid_BL)[:, None, None])
+    return Routing(experts_BLK, weights_BLK, keep_BLK, slot_BLK, probs_BLE, logits_BLE, valid_BL)
 
 
-def _slots(experts_BLK: Array, n_experts: int) -> Array:
-    """Each assignment's position in its expert's queue within its row: all first choices
-    (in token order) before all second choices, and so on (GShard's priority)."""
+def _slots(experts_BLK: Array, valid_BL: Array, n_experts: int) -> Array:
+    """Each assignment's position in its expert's queue within its row, in token order: all
+    k choices of token t before any of token t + 1, so a future token never takes an earlier
+    one's slot (GShard's first-then-second-choice order would let it: not causal). Padding
+    takes no slot."""
     B, L, K = experts_BLK.shape
-    onehot_BKLE = jax.nn.one_hot(jnp.swapaxes(experts_BLK, 1, 2), n_experts, dtype=jnp.int32)
-    queue_BAE = jnp.cumsum(onehot_BKLE.reshape(B, K * L, n_experts), axis=1) - 1
-    slot_BKL = jnp.sum(queue_BAE * onehot_BKLE.reshape(B, K * L, n_experts), -1).reshape(B, K, L)
-    return jnp.swapaxes(slot_BKL, 1, 2)
+    onehot_BAE = jax.nn.one_hot(experts_BLK.reshape(B, L * K), n_experts, dtype=jnp.int32)
+    onehot_BAE = onehot_BAE * jnp.repeat(valid_BL, K, axis=1)[..., None].astype(jnp.int32)
+    queue_BAE = jnp.cumsum(onehot_BAE, axis=1) - 1
+    return jnp.sum(queue_BAE * onehot_BAE, -1).reshape(B, L, K)
 
 
 def combine_weights(r: Routing) -> Array:
@@ -249,31 +274,42 @@ def aux_losses(cfg: ModelConfig, r: Routing) -> dict[str, Array]:
     """The weighted load-balancing and z losses of one layer (only those with weight > 0)."""
     losses = {}
     if cfg.moe_lb_weight > 0:
-        losses["moe_lb"] = cfg.moe_lb_weight * load_balance_loss(r.experts_BLK, r.probs_BLE)
+        lb = load_balance_loss(r.experts_BLK, r.probs_BLE, r.valid_BL)
+        losses["moe_lb"] = cfg.moe_lb_weight * lb
     if cfg.moe_z_weight > 0:
-        losses["moe_z"] = cfg.moe_z_weight * z_loss(r.logits_BLE)
+        losses["moe_z"] = cfg.moe_z_weight * z_loss(r.logits_BLE, r.valid_BL)
     return losses
 
 
-def load_balance_loss(experts_BLK: Array, probs_BLE: Array) -> Array:
+def _valid_mean(x_BL: Array, valid_BL: Array | None) -> Array:
+    """The mean of x over the valid tokens (all when `valid_BL` is None; 0 when none is)."""
+    if valid_BL is None:
+        return jnp.mean(x_BL, axis=(0, 1))
+    w_BL = valid_BL.astype(jnp.float32).reshape(valid_BL.shape + (1,) * (x_BL.ndim - 2))
+    return jnp.sum(x_BL * w_BL, axis=(0, 1)) / jnp.maximum(jnp.sum(valid_BL), 1)
+
+
+def load_balance_loss(experts_BLK: Array, probs_BLE: Array, valid_BL: Array | None = None) -> Array:
     """E * sum_e f_e P_e (Switch Transformer eq. 4, top-k assignments counted): f_e is the
-    fraction of assignments (before capacity) sent to e, P_e the mean probability of e.
-    Equals 1 when both are uniform, E when every token goes to the one likeliest expert."""
+    fraction of assignments (before capacity) sent to e, P_e the mean probability of e, both
+    over the valid (non-padding) tokens. Equals 1 when both are uniform, E when every token
+    goes to the one likeliest expert."""
     E = probs_BLE.shape[-1]
-    f_E = jnp.mean(jax.nn.one_hot(experts_BLK, E, dtype=jnp.float32), axis=(0, 1, 2))
-    P_E = jnp.mean(probs_BLE.astype(jnp.float32), axis=(0, 1))
+    f_E = _valid_mean(jnp.mean(jax.nn.one_hot(experts_BLK, E, dtype=jnp.float32), 2), valid_BL)
+    P_E = _valid_mean(probs_BLE.astype(jnp.float32), valid_BL)
     return E * jnp.sum(f_E * P_E)
 
 
-def z_loss(logits_BLE: Array) -> Array:
-    """Router z-loss (ST-MoE eq. 5): mean over tokens of logsumexp(logits)^2."""
-    return jnp.mean(jax.nn.logsumexp(logits_BLE.astype(jnp.float32), axis=-1) ** 2)
+def z_loss(logits_BLE: Array, valid_BL: Array | None = None) -> Array:
+    """Router z-loss (ST-MoE eq. 5): mean over valid tokens of logsumexp(logits)^2."""
+    return _valid_mean(jax.nn.logsumexp(logits_BLE.astype(jnp.float32), axis=-1) ** 2, valid_BL)
 
 
-def moe_reference(moe: MoE, x_BLD: Array) -> Array:
+def moe_reference(moe: MoE, x_BLD: Array, segment_ids_BL: Array | None = None) -> Array:
     """The plain reference: each expert's MLP on every token, in a Python loop over experts,
-    weighted by the routing (capacity drops included) and summed, plus the shared expert."""
-    cfg, routing = moe.cfg, moe.route(x_BLD)
+    weighted by the routing (capacity drops and padding included) and summed, plus the shared
+    expert."""
+    cfg, routing = moe.cfg, moe.route(x_BLD, segment_ids_BL)
     w, act = moe.weights(), ACTIVATIONS[cfg.activation]
     combine_BLE = combine_weights(routing)
     y_BLD = jnp.zeros_like(x_BLD)

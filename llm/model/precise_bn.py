@@ -83,6 +83,17 @@ def batch_moments(cfg: ModelConfig, params: PyTree, batch: dict[str, Array]) -> 
     return moments
 
 
+def _rows(batch: Any) -> dict[str, Array]:
+    """A calibration batch, refused unless its "inputs" are [B, L] token rows."""
+    ndim = len(getattr(batch["inputs"], "shape", ()))
+    if ndim != 2:
+        raise ValueError(
+            f"PreciseBN: batch 'inputs' must be [B, L] token rows, got {ndim} dims "
+            "(pair / choice batches are not supported)"
+        )
+    return dict(batch)
+
+
 def _only(values: Any, name: str) -> tuple[Array, Array]:
     """The (mean, var) a norm sowed once (sow appends to a tuple)."""
     if len(values) != 1:
@@ -133,9 +144,15 @@ def write_statistics(params: PyTree, stats: PyTree) -> PyTree:
 
 def calibrate(cfg: ModelConfig, params: PyTree, batches: Iterable[dict[str, Array]]) -> PyTree:
     """`params` with population statistics pooled over `batches` (PreciseBN)."""
-    if isinstance(params["blocks"], tuple):
+    if isinstance(params.get("blocks"), tuple):
         raise ValueError("PreciseBN: pass stacked block params, not llm.model.unstack_layers'")
-    moments = [jax.device_get(batch_moments(cfg, params, dict(b))) for b in batches]
+    want = set(nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param)))
+    if set(params) != want:
+        raise ValueError(
+            f"PreciseBN needs the whole decoder's params (top level {sorted(want)}), got "
+            f"{sorted(params)}: merge a train.freeze / PEFT split first (model_params)"
+        )
+    moments = [jax.device_get(batch_moments(cfg, params, _rows(b))) for b in batches]
     if not moments:
         raise ValueError("PreciseBN: no calibration batch given")
     return write_statistics(params, pool(moments))

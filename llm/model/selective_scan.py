@@ -17,8 +17,8 @@ is the O(L)-step `lax.scan` reference and decoding's natural form.
 Packed rows and padding (segment ids, as everywhere in llm): a token whose segment id differs
 from the previous token's starts a document, so its a_t is 0 (the state restarts) and the
 convolution does not look past its first token; padding (segment id 0) leaves the state
-unchanged (a_t = 1, b_t = 0) and is never inside a real token's window. Padding is expected
-at the right of a row or of a decode step, as the cache protocol feeds it.
+unchanged (a_t = 1, b_t = 0) and is never inside a real token's window; the window a step
+leaves behind ends at its last valid token, so padding may sit on either side.
 
 Letters: B batch, L length, E inner channels, N state size, K conv width, W = K - 1 cached
 conv inputs.
@@ -116,10 +116,13 @@ def causal_conv(
         y_BLE = y_BLE + jnp.where(same_BL[..., None], xe_BTE[:, k : k + L] * w_KE[k], 0)
     if W == 0:  # a width-1 convolution keeps no window
         return y_BLE, window_BWE
-    n_B = valid_BL.sum(-1)  # right padding: the valid tokens are the first n_B
-    last_doc_B = jnp.take_along_axis(doc_BT, (n_B + W - 1)[:, None], axis=1)
+    # the window ends at the row's last valid token, wherever the padding is (a row with no
+    # valid token keeps its window: end 0 takes the old one back)
+    last_B = L - 1 - jnp.argmax(valid_BL[:, ::-1], axis=-1)
+    end_B = jnp.where(valid_BL.any(-1), last_B + 1, 0)
+    last_doc_B = jnp.take_along_axis(doc_BT, (end_B + W - 1)[:, None], axis=1)
     take = jax.vmap(lambda a, start: jax.lax.dynamic_slice_in_dim(a, start, W, axis=0))
-    window_BWE, wdoc_BW = take(xe_BTE, n_B), take(doc_BT, n_B)
+    window_BWE, wdoc_BW = take(xe_BTE, end_B), take(doc_BT, end_B)
     window_BWE = jnp.where((wdoc_BW == last_doc_B)[..., None], window_BWE, 0)
     return y_BLE, window_BWE
 

@@ -146,7 +146,11 @@ def decode_step(
     cfg: ModelConfig, params: PyTree, tokens_BT: Array, cache: EncDecCache
 ) -> tuple[Array, EncDecCache]:
     """Logits [B, T, V] of T new decoder tokens per row (positions lengths_B + t) and the
-    cache holding them; equals the teacher-forced forward's logits at those positions."""
+    cache holding them; equals the teacher-forced forward's logits at those positions.
+
+    Tokens at positions >= cache.max_len are not stored (the scatter drops them, and under
+    jit the lengths cannot be checked): the caller keeps lengths_B + T <= max_len by giving
+    `start_decoding` a max_len of at least the longest decoder sequence."""
     model = _model(cfg, params)
     B, T = tokens_BT.shape
     positions_BT = cache.lengths_B[:, None] + jnp.arange(T, dtype=jnp.int32)

@@ -103,13 +103,14 @@ class Block(nnx.Module):
             extras, return_probs=return_attention, prefix_BL=prefix_BL,
         )  # fmt: skip
         attn_h = _adapt(attn.hidden_BLD, extras, "attn")
+        mlp_args = (segment_ids_BL,) if self.cfg.n_experts else ()  # MoE: padding routes nowhere
         if pre:
             x_BLD = self._add(x_BLD, dropout(attn_h, rate, k_res1))
-            mlp = self.mlp(mlp_norm(x_BLD))
+            mlp = self.mlp(mlp_norm(x_BLD), *mlp_args)
             x_BLD = self._add(x_BLD, dropout(_adapt(mlp.hidden_BLD, extras, "mlp"), rate, k_res2))
         else:
             x_BLD = attn_norm(self._add(x_BLD, dropout(attn_h, rate, k_res1)))
-            mlp = self.mlp(x_BLD)
+            mlp = self.mlp(x_BLD, *mlp_args)
             mlp_h = _adapt(mlp.hidden_BLD, extras, "mlp")
             x_BLD = mlp_norm(self._add(x_BLD, dropout(mlp_h, rate, k_res2)))
         return LayerOutput(

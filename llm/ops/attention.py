@@ -84,12 +84,12 @@ def attention(
     if kv_prefix_BS is not None:
         rules.update(kv_prefix_BS=kv_prefix_BS)
         self_attention = False  # prefix keys may come later than their queries
-    if impl == "auto" and rules:  # the fast dense-mask backend (pallas would refuse them)
-        impl = "xla" if dropout_rate > 0.0 else "xla_flash"
-    if shaw_tables is not None:
+    if shaw_tables is not None:  # before the mask rules pick xla_flash, which lacks Shaw
         impl = "xla" if impl == "auto" else impl
         _require(impl == "xla", "Shaw relative positions", impl)
         rules["shaw_tables"] = shaw_tables
+    if impl == "auto" and rules:  # the fast dense-mask backend (pallas would refuse them)
+        impl = "xla" if dropout_rate > 0.0 else "xla_flash"
     if impl == "auto":
         impl = choose_impl(
             jax.default_backend(),

@@ -18,6 +18,8 @@ the all-gathered K and V (4*s*b*K*H/t bytes per layer, their full length). Fused
 is dropped for it. Remat "full"
 keeps only each block's input (2*s*b*h/c) plus one block's activations; "dots" about half.
 Float32 logits for the loss are added, split over batch, sequence and vocabulary shards.
+An MoE layer adds an estimate of its routed experts' activations per local token
+(llm/model/accounting.py `moe_floats_per_token`).
 Temporary buffers (FSDP's gathered weights, XLA scratch) are not included: the compiled
 executable's `memory_analysis` reports those, see bench/sharding.py.
 
@@ -41,7 +43,7 @@ import jax
 import numpy as np
 
 from llm.config import Config
-from llm.model.accounting import baseline_floats_per_token
+from llm.model.accounting import baseline_floats_per_token, moe_floats_per_token
 from llm.sharding import rules as R
 from llm.sharding.init import check_batch, opt_state_specs
 from llm.sharding.mesh import resolve_shape
@@ -130,6 +132,8 @@ def activation_bytes(cfg: Config, rules: Mapping[str, R.MeshAxes], shape: Mappin
     scores = 0 if m.attention_impl in FLASH_IMPLS else 5 * a * s / (h * tp)
     layer = local * (10 + 24 / tp + scores) * scale
     layer += 4 * s * (b / d) * m.kv_heads * m.head_size / tp * scale  # gathered K and V
+    # an MoE layer's routed experts (an estimate, not split over tensor parallelism)
+    layer += (s / c) * (b / d) * moe_floats_per_token(m, s) * np.dtype(m.dtype).itemsize
     # a t5 decoder layer adds cross-attention to a block: about 1.5 encoder layers
     n = m.n_layers + (1.5 * m.decoder_layers if m.arch == "t5" else 0)
     if m.remat == "none":

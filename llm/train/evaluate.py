@@ -57,6 +57,11 @@ def evaluate(
     loss sum is global (one jitted reduction), token and byte counts are summed over processes.
     `extras`: a PEFT run's prompt / prefix / adapters (`llm.train.trainable.forward_extras`).
     """
+    if getattr(model_cfg, "arch", None) == "t5" or getattr(model_cfg, "prefix_lm", False):
+        raise ValueError(
+            "evaluate runs the decoder-only causal forward: model.arch=t5 / model.prefix_lm=true "
+            "are evaluated by their loss (Seq2SeqLoss / SFTLoss .evaluate, as `llm eval` does)"
+        )
     put = put or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
     nats, tokens, n_bytes, n = 0.0, 0.0, 0, 0
     for batch in batches:

@@ -48,16 +48,14 @@ import numpy as np
 
 from llm.checkpoint import Checkpointer, tokenizer_with_template
 from llm.checkpoint.manager import NonFiniteState
-from llm.config import Config, check, to_dict
+from llm.config import Config, to_dict
 from llm.data import make_batches, resolve_labels
 from llm.data.device import to_device
-from llm.data.objectives import mlm_mask_id
-from llm.data.seq2seq import check_seq2seq_data
 from llm.model.accounting import train_flops_per_token
 from llm.sharding import make_mesh, with_activation_sharding
 from llm.sharding.distributed import initialize
 from llm.sharding.init import batch_shardings, make_plan
-from llm.train.batchnorm_stats import calibrate_state, take_batches
+from llm.train.batchnorm_stats import calibrate_state, check_batchnorm_run, take_batches
 from llm.train.build import memory_report, run_trainable, state_layout
 from llm.train.layer_stats import make_activation_stats
 from llm.train.losses import Loss, check_batch_leaves, make_loss
@@ -66,6 +64,7 @@ from llm.train.metrics import MetricsLogger, measure_peak_flops
 from llm.train.monitor import Silent, TrainingDiverged, Window, flush
 from llm.train.optim import make_schedule
 from llm.train.preemption import SignalFlag
+from llm.train.run_checks import check_run_data
 from llm.train.run_dir import logged
 from llm.train.start import start_run
 from llm.train.state import TrainState
@@ -104,7 +103,8 @@ class Trainer:
             tokenizer = tokenizer_with_template(cfg.data.tokenizer)
         self.tokenizer = tokenizer
         self.loss = _stream_loss(cfg, loss if loss is not None else make_loss(cfg))
-        _check_data(cfg, self.tokenizer, self.loss)
+        check_run_data(cfg, self.tokenizer, self.loss)
+        check_batchnorm_run(cfg, self.loss)  # PreciseBN's batches, prefix and QAT
         self.plan = make_plan(cfg, make_mesh(cfg.mesh))  # fails here, before any compile
         self.schedule = make_schedule(cfg.optim, t.steps)
         self.base_trainable = trainable  # None: what cfg describes
@@ -216,40 +216,6 @@ def _stream_loss(cfg: Config, loss: Loss) -> Loss:
     if cfg.data.order != "streams" or isinstance(loss, StreamCausalLMLoss):
         return loss
     return StreamCausalLMLoss.of(loss)
-
-
-def _check_data(cfg: Config, tokenizer: Any, loss: Loss) -> None:
-    """Data that would train to NaN or to nothing is refused before the first step."""
-    check(
-        cfg.data.objective != "mlm" or loss.name != "causal_lm",
-        "data.objective",
-        "'mlm' makes masked-token batches, but loss.name='causal_lm' trains a causal decoder "
-        "to predict the next token; use data.objective=causal with this loss",
-    )
-    check(
-        loss.name != "mlm" or cfg.data.objective == "mlm",
-        "data.objective",
-        f"is {cfg.data.objective!r}, but loss.name='mlm' needs masked-token batches: set "
-        "data.objective=mlm",
-    )
-    check(
-        cfg.model.causal or loss.name not in ("causal_lm", "sft"),
-        "model.causal",
-        f"model.causal=false sees every token, the next one too: loss.name={loss.name!r} "
-        "would learn to copy it; train an encoder with loss.name=mlm",
-    )
-    check_seq2seq_data(cfg, tokenizer)  # span corruption / pairs vs arch, loss, sentinels
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ValueError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-            f"vocabulary ({tokenizer.vocab_size} ids from data.tokenizer={cfg.data.tokenizer!r})"
-        )
-    if cfg.data.objective == "mlm" and mlm_mask_id(tokenizer) >= cfg.model.vocab_size:
-        raise ValueError(
-            f"data.objective=mlm writes mask id {mlm_mask_id(tokenizer)} (data.tokenizer="
-            f"{cfg.data.tokenizer!r} has no [MASK] below it), outside model.vocab_size="
-            f"{cfg.model.vocab_size}: raise model.vocab_size or use a tokenizer with a mask token"
-        )
 
 
 def train(

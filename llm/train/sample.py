@@ -29,9 +29,12 @@ def _next_token(
     key: Array,
     top_k: int | None,
     temperature: Array,
+    prefix_1L: Array | None = None,
 ) -> Array:
-    """Samples the token after position t-1 of the window (greedy when temperature == 0)."""
-    logits_V = forward(model_cfg, params, window_1L).logits_BLV[0, t - 1].astype(jnp.float32)
+    """Samples the token after position t-1 of the window (greedy when temperature == 0).
+    `prefix_1L`: a prefix-LM's bidirectional prompt tokens (llm/model/prefix_lm.py)."""
+    out = forward(model_cfg, params, window_1L, prefix_BL=prefix_1L)
+    logits_V = out.logits_BLV[0, t - 1].astype(jnp.float32)
     if top_k is not None:
         kth = jax.lax.top_k(logits_V, top_k)[0][-1]
         logits_V = jnp.where(logits_V < kth, -jnp.inf, logits_V)
@@ -51,9 +54,14 @@ def sample(
     top_k: int | None = None,
     seed: int = 0,
 ) -> str:
-    """Prompt + `max_new_tokens` sampled tokens, decoded (stops early at EOS)."""
+    """Prompt + `max_new_tokens` sampled tokens, decoded (stops early at EOS).
+
+    A prefix-LM (`model.prefix_lm`) reads BOS + prompt as its bidirectional prefix, as
+    prefix-LM SFT trained it; generated tokens stay causal. Once the window slides, only the
+    prompt tokens still inside it are prefix."""
     L = model_cfg.max_seq_len
     ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+    n_prompt = len(ids)
     key = jax.random.key(seed)
     for _ in range(max_new_tokens):
         context = ids[-L:]
@@ -61,7 +69,11 @@ def sample(
         window[0, : len(context)] = context
         key, sub = jax.random.split(key)
         t = jnp.asarray(len(context), jnp.int32)
-        token = int(_next_token(model_cfg, params, window, t, sub, top_k, temperature))
+        prefix = None
+        if getattr(model_cfg, "prefix_lm", False):  # window index i holds ids[start + i]
+            start = len(ids) - len(context)
+            prefix = (np.arange(L) + start < n_prompt)[None]
+        token = int(_next_token(model_cfg, params, window, t, sub, top_k, temperature, prefix))
         if token == tokenizer.eos_id:
             break
         ids.append(token)

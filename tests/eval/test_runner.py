@@ -8,6 +8,7 @@ its `count_words`); BLEU / chrF of answers with uneven reference counts equal sa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -223,3 +224,13 @@ def test_gen_task_counts_prompts_cut_to_fit(tmp_path):
     s = Settings(max_new_tokens=8)
     got = run_tasks(tiny_model(), load_tasks(parse_tasks(f"gen:{path}"), s), s)["gen:qa"]
     assert got.truncated == 1
+
+
+def test_an_encoder_is_refused_by_name(tmp_path):
+    """model.causal=false sees the continuation it would score: no task runs on it."""
+    m = tiny_model()
+    cfg = dataclasses.replace(m.config, model=dataclasses.replace(m.config.model, causal=False))
+    path = write_jsonl(tmp_path / "t.jsonl", MC_RECORDS)
+    s = Settings()
+    with pytest.raises(ValueError, match="causal=false is a bidirectional encoder"):
+        run_tasks(dataclasses.replace(m, config=cfg), load_tasks(parse_tasks(f"mc:{path}"), s), s)

@@ -59,3 +59,15 @@ def test_exact_match_counts_equal_strings(t5):
              enumerate(zip(SOURCES, predicted.predictions, strict=True))]  # fmt: skip
     match = pair_match(cfg, params, TOK, pairs, batch_size=2, max_new_tokens=6)
     assert (match.correct, match.total) == (2, 3) and match.predictions == predicted.predictions
+
+
+def test_decoder_window_past_learned_positions_is_refused():
+    """A learned position table has max_seq_len rows (a lookup past it would clamp): a
+    window of max_seq_len tokens runs, one more is refused by name."""
+    cfg = ModelConfig(**SMALL | dict(max_seq_len=16), pos_encoding="learned")
+    params = init_params(cfg, jax.random.key(3))
+    prompt = [TOK.bos_id, *TOK.encode("to be")]  # 6 tokens
+    kw = {"eos_id": TOK.eos_id, "pad_id": TOK.pad_id}
+    assert len(decoder_greedy(cfg, params, [prompt], max_new_tokens=10, **kw)[0]) <= 10
+    with pytest.raises(ValueError, match=r"17 tokens, beyond model\.max_seq_len=16"):
+        decoder_greedy(cfg, params, [prompt], max_new_tokens=11, **kw)

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm.config import ConfigError, ModelConfig, PeftConfig
-from llm.model import abstract_params, forward, logical_axes
+from llm.config import Config, ConfigError, ModelConfig, PeftConfig
+from llm.model import abstract_params, accounting, forward, logical_axes
 from llm.model.cache import init_cache
 from llm.model.mlp import MLP
 from llm.model.moe import MoE, capacity, dense_config, load_balance_loss, moe_reference, route
 from llm.model.quantized import weight_layouts
 from llm.peft.import_hf import _modules
 from llm.peft.lora import find_targets
+from llm.sharding import memory
 from tests.model.conftest import make_cfg, params_for
 
 MOE = dict(n_experts=4, experts_per_token=2, activation="swiglu")
@@ -102,14 +103,14 @@ def test_dropless_routes_every_assignment_even_when_skewed(x_BLD):
 
 
 def _hand_keep(experts_BLK: np.ndarray, n_experts: int, cap: int) -> np.ndarray:
-    """GShard's priority by hand: per row, all first choices in token order, then all
-    second choices; an expert accepts assignments until it holds `cap`."""
+    """The capacity queue by hand: per row, tokens in order, each token's k choices in
+    order; an expert accepts assignments until it holds `cap`."""
     B, L, K = experts_BLK.shape
     keep = np.zeros(experts_BLK.shape, bool)
     for b in range(B):
         load = [0] * n_experts
-        for k in range(K):
-            for t in range(L):
+        for t in range(L):
+            for k in range(K):
                 e = experts_BLK[b, t, k]
                 keep[b, t, k] = load[e] < cap
                 load[e] += keep[b, t, k]
@@ -131,6 +132,54 @@ def test_capacity_drops_match_a_hand_count(cf, x_BLD):
     np.testing.assert_array_equal(np.asarray(y_BLD)[gone_BL], 0.0)
     if cf == 0.5:
         assert gone_BL.any()  # C=3 slots for 48 assignments over 4 experts: many go
+
+
+def test_capacity_is_causal_future_tokens_leave_past_outputs_bit_equal(x_BLD):
+    """With k=2 and a tight capacity, new tokens at positions 8.. change no output before 8:
+    the queue is in token order, so a future token never takes an earlier one's slot. (The
+    gradient causality test cannot see this: a drop is a zero, not a gradient path.)"""
+    _, moe = moe_layer(capacity_factor=0.5)
+    y_BLD = moe(x_BLD).hidden_BLD
+    for seed in range(4):
+        new_BLD = jax.random.normal(jax.random.key(100 + seed), (2, 4, 32))
+        x2_BLD = x_BLD.at[:, 8:].set(new_BLD)
+        np.testing.assert_array_equal(moe(x2_BLD).hidden_BLD[:, :8], y_BLD[:, :8])
+    assert int(moe.route(x_BLD).dropped) > 0  # drops happen, yet the past is untouched
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_padding_takes_no_slot_and_no_loss(path, x_BLD):
+    """Appending padding (segment 0) leaves the real tokens' outputs, both aux losses and
+    (with a capacity) the drops as they were; padding gets no routed output."""
+    _, moe = moe_layer(**PATHS[path], moe_lb_weight=0.5, moe_z_weight=0.25)
+    seg_BL = jnp.ones((2, 12), jnp.int32)
+    padded_BLD = jnp.concatenate([x_BLD, jax.random.normal(jax.random.key(9), (2, 8, 32))], 1)
+    padded_seg_BL = jnp.concatenate([seg_BL, jnp.zeros((2, 8), jnp.int32)], 1)
+    want, got = moe(x_BLD, seg_BL), moe(padded_BLD, padded_seg_BL)
+    np.testing.assert_allclose(got.hidden_BLD[:, :12], want.hidden_BLD, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got.hidden_BLD[:, 12:], 0.0)
+    for name in ("moe_lb", "moe_z"):
+        np.testing.assert_allclose(got.aux_losses[name], want.aux_losses[name], rtol=1e-6)
+    r = moe.route(padded_BLD, padded_seg_BL)
+    assert int(r.dropped) == int(moe.route(x_BLD).dropped)
+    assert not bool(jnp.any(r.keep_BLK[:, 12:]))
+    np.testing.assert_allclose(moe_reference(moe, padded_BLD, padded_seg_BL), got.hidden_BLD,
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_model_passes_segment_ids_to_the_moe(tokens_BL):
+    """Through the Block: right padding changes neither the real tokens' logits nor the
+    model's MoE losses (before, padding tokens were routed and counted)."""
+    cfg = make_cfg(**MOE, capacity_factor=1.0, moe_z_weight=1e-3)
+    params = params_for(cfg)
+    seg_BL = jnp.ones_like(tokens_BL)
+    pad_BL = jnp.concatenate([tokens_BL, jnp.zeros((2, 6), tokens_BL.dtype)], 1)
+    pad_seg_BL = jnp.concatenate([seg_BL, jnp.zeros((2, 6), seg_BL.dtype)], 1)
+    want = forward(cfg, params, tokens_BL, segment_ids_BL=seg_BL)
+    got = forward(cfg, params, pad_BL, segment_ids_BL=pad_seg_BL)
+    np.testing.assert_allclose(got.logits_BLV[:, :12], want.logits_BLV, rtol=1e-5, atol=1e-5)
+    for name in ("moe_lb", "moe_z"):
+        np.testing.assert_allclose(got.aux_losses[name], want.aux_losses[name], rtol=1e-5)
 
 
 def test_load_balance_loss_golden_uniform_and_skewed():
@@ -251,7 +300,7 @@ def test_hf_lora_import_offers_no_expert_modules():
 def test_dropless_moe_decodes_through_the_kv_cache(tokens_BL):
     """Routing is per token, so a dropless MoE model's cached decode (prefill, then one token
     per step) equals the full forward. (With a capacity it cannot: capacity counts the tokens
-    of each call, and a one-token step never fills an expert.)"""
+    of each call, and a one-token step never fills an expert: `init_cache` refuses it.)"""
     cfg = make_cfg(**MOE)
     params = params_for(cfg)
     full = forward(cfg, params, tokens_BL).logits_BLV
@@ -262,3 +311,23 @@ def test_dropless_moe_decodes_through_the_kv_cache(tokens_BL):
         out = step(tokens_BL[:, t : t + 1], out.cache)
         logits.append(out.logits_BLV)
     np.testing.assert_allclose(jnp.concatenate(logits, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_capacity_moe_refuses_a_cache():
+    with pytest.raises(
+        ValueError, match=r"decode with a dropless MoE: model\.capacity_factor null"
+    ):
+        init_cache(make_cfg(**PATHS["capacity"], **MOE), 2, 16)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_activation_estimates_count_the_experts(path):
+    """Both estimates (llm/model/accounting.py, llm/sharding/memory.py) add the routed
+    experts' activations: an MoE config needs more than the same dense one."""
+    train = dataclasses.replace(Config().train, seq_len=32, batch_size=4)
+    dense = Config(model=make_cfg(activation="swiglu", remat="none"), train=train)
+    moe = dataclasses.replace(dense, model=dataclasses.replace(dense.model, **MOE, **PATHS[path]))
+    assert accounting.activation_bytes(moe) > accounting.activation_bytes(dense)
+    rules, shape = {n: () for n in ("batch", "length", "heads", "vocab")}, {}
+    assert memory.activation_bytes(moe, rules, shape) > memory.activation_bytes(dense, rules, shape)
+    assert accounting.moe_floats_per_token(dense.model, 12) == 0

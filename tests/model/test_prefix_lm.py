@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_cfg, params_for
 
 from llm.config.base import ConfigError
 from llm.data.sft import pack_examples, render
@@ -18,6 +17,7 @@ from llm.model.prefix_lm import sft_prefix
 from llm.tokenizers import ByteTokenizer
 from llm.train.losses import SFTLoss
 from llm.train.trainable import MODEL
+from tests.model.conftest import make_cfg, params_for
 
 CFG = make_cfg(prefix_lm=True)
 # two packed documents (prefixes of 4 and 2 tokens) and padding

@@ -105,3 +105,18 @@ def test_refusals_name_the_switch(tokens):
         forward(CFG, params_for(CFG), tokens, return_attention=True)
     with pytest.raises(UnsupportedConfig, match="pos_encoding='shaw'"):
         hf_model_type(CFG)
+
+
+@pytest.mark.parametrize(
+    "rule", [dict(pattern="strided", pattern_block=2), dict(kv_prefix_BS=jnp.arange(8)[None] < 3)]
+)
+def test_auto_runs_shaw_with_mask_rules_in_xla(rule):
+    """Shaw with a sparse pattern or prefix-LM under impl=auto runs in xla (xla_flash,
+    which the mask rules pick otherwise, has no Shaw term), and the rule is applied."""
+    keys = jax.random.split(jax.random.key(2), 5)
+    q, k, v = (jax.random.normal(key, (1, 8, 2, 8)) for key in keys[:3])
+    tables = tuple(jax.random.normal(key, (5, 8)) for key in keys[3:])
+    got = attention(q, k, v, shaw_tables=tables, impl="auto", **rule)
+    np.testing.assert_array_equal(got, attention(q, k, v, shaw_tables=tables, **rule))
+    plain = attention(q, k, v, shaw_tables=tables)
+    assert float(jnp.abs(got - plain).max()) > 1e-3  # the mask rule changed what is seen

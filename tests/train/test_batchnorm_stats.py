@@ -2,6 +2,7 @@
 BatchNorm statistics, and `llm train` with `model.norm=batchnorm` evaluates."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -87,3 +88,52 @@ def test_train_with_batchnorm_evaluates_and_saves_calibrated_statistics(tmp_path
     # the checkpoint carries the statistics: `llm eval` scores it as the run did, and decodes
     assert main(["eval", "--checkpoint", str(tmp_path), "--samples", "1"]) == 0
     assert f"{out['val']['loss']:.4f}" in capsys.readouterr().out
+
+
+def test_calibration_under_partial_freeze_runs_the_merged_model():
+    """train.freeze of the embedding: calibration runs the whole decoder (trainable + frozen
+    merged) and writes exactly the statistics of the full-tree `calibrate` into the trainable
+    tree; the frozen tree is untouched."""
+    import dataclasses
+
+    from llm.model.precise_bn import calibrate
+    from llm.train.batchnorm_stats import calibrate_state
+
+    cfg = load_config(None, [*TINY, "model.norm=batchnorm", "model.n_layers=1"])
+    full = init_params(cfg.model, jax.random.key(0))
+    trainable = {k: v for k, v in full.items() if k != "token_embed"}
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (2, 8), 0, 259), np.int32)
+    batches = [{"inputs": tokens}]
+    state = dataclasses.make_dataclass("S", ["params", "frozen"])(
+        {"model": trainable}, {"model": {"token_embed": full["token_embed"]}}
+    )
+    new = calibrate_state(cfg, state, batches, lambda b: {k: jnp.asarray(v) for k, v in b.items()})
+    want = calibrate(cfg.model, full, batches)
+    assert set(new.params["model"]) == set(trainable) and new.frozen is state.frozen
+    got_stats, _ = _stat_leaves(new.params["model"])
+    want_stats, _ = _stat_leaves({k: v for k, v in want.items() if k != "token_embed"})
+    assert len(got_stats) == 2 * 3
+    for (path, a), (_, b) in zip(got_stats, want_stats, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
+    assert not np.allclose(np.asarray(new.params["model"]["final_norm"]["var"]), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["loss.name=dpo", "data.format=preference"], "model.norm"),
+        (["model.prefix_lm=true", "loss.name=sft"], "model.prefix_lm"),
+        (["train.qat.fmt=int8"], "train.qat.fmt"),
+    ],
+)
+def test_batchnorm_runs_that_calibration_cannot_serve_are_refused(overrides, key):
+    """Pair batches, a prefix-LM and QAT are refused by name before any training."""
+    from llm.config.base import ConfigError
+    from llm.train.batchnorm_stats import check_batchnorm_run
+    from llm.train.losses import make_loss
+
+    cfg = load_config(None, [*TINY, "model.norm=batchnorm", *overrides])
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        check_batchnorm_run(cfg, make_loss(cfg))
+    plain = load_config(None, [*TINY, *overrides])  # the same run without BatchNorm passes
+    check_batchnorm_run(plain, make_loss(plain))

@@ -77,14 +77,15 @@ class MLMLoss(Loss):
 
     @functools.cached_property
     def _masked_sums(self):
-        """(summed CE, correct greedy predictions) over the masked tokens of a batch."""
+        """(summed CE, correct greedy predictions, masked tokens) of a batch: sums under jit,
+        so global over every process's rows."""
 
         def sums(params: PyTree, frozen: PyTree, batch: Batch):
             out = self._forward(params, frozen, batch, None)
             logits, targets, mask = out.logits_BLV, batch["targets"], batch["loss_mask"]
             _, ce = cross_entropy_plain(logits, targets, mask)
             hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-            return ce, jnp.sum(hit * mask)
+            return ce, jnp.sum(hit * mask), jnp.sum(mask.astype(jnp.float32))
 
         return jax.jit(sums)
 
@@ -105,12 +106,15 @@ class MLMLoss(Loss):
         for batch in batches:
             if max_batches is not None and n >= max_batches:
                 break
-            ce, hit = self._masked_sums(params, frozen, put(batch))
-            nats, hits = nats + float(ce), hits + float(hit)
-            tokens += float(np.sum(batch["loss_mask"]))
+            ce, hit, count = self._masked_sums(params, frozen, put(batch))
+            nats, hits, tokens = nats + float(ce), hits + float(hit), tokens + float(count)
             if tokenizer is not None:
                 n_bytes += count_bytes(tokenizer, batch["targets"], batch["loss_mask"])
             n += 1
+        if jax.process_count() > 1:  # each process decoded the bytes of its own rows
+            from jax.experimental import multihost_utils
+
+            n_bytes = int(np.sum(multihost_utils.process_allgather(np.array(n_bytes))))
         if tokens == 0:
             raise ValueError("MLM evaluation saw no masked tokens (empty validation data?)")
         loss = nats / tokens
