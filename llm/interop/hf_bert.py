@@ -27,14 +27,11 @@ from typing import Any
 
 from llm.config import ModelConfig
 from llm.interop.hf_config import (
-    FAMILY_READERS,
-    FAMILY_TYPES,
-    FAMILY_WRITERS,
     IGNORED,
     UnsupportedConfig,
     _Fields,
 )
-from llm.interop.hf_weights import FAMILY_RULES, Rule, _ident, _one, _transposed
+from llm.interop.hf_weights import Rule, _ident, _one, _transposed, register_family
 
 ACTIVATIONS = {
     "gelu": "gelu",
@@ -186,11 +183,6 @@ def _bert_type(cfg: ModelConfig) -> str | None:
     return "bert"
 
 
-def _read(hf: Mapping[str, Any], source: str, param_dtype: str) -> ModelConfig:
-    return bert_model_config(hf, source=source, param_dtype=param_dtype)
-
-
-FAMILY_READERS["bert"] = _read
-FAMILY_TYPES.append(_bert_type)
-FAMILY_WRITERS["bert"] = bert_hf_config
-FAMILY_RULES["bert"] = bert_rules
+register_family(
+    ("bert",), read=bert_model_config, type_of=_bert_type, write=bert_hf_config, rules=bert_rules
+)

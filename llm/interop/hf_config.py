@@ -101,7 +101,7 @@ def model_config_from_hf(
     """Our ModelConfig for a Hugging Face config dict; UnsupportedConfig names what we lack."""
     model_type = hf.get("model_type")
     if model_type in FAMILY_READERS:
-        return FAMILY_READERS[model_type](hf, source, param_dtype)
+        return FAMILY_READERS[model_type](hf, source=source, param_dtype=param_dtype)
     if model_type not in SUPPORTED:
         raise UnsupportedConfig(
             f"{source}: model_type {model_type!r} is not supported; supported: {SUPPORTED}"

@@ -25,14 +25,11 @@ from typing import Any
 
 from llm.config import ModelConfig
 from llm.interop.hf_config import (
-    FAMILY_READERS,
-    FAMILY_TYPES,
-    FAMILY_WRITERS,
     IGNORED,
     UnsupportedConfig,
     _Fields,
 )
-from llm.interop.hf_weights import FAMILY_RULES, Rule, _ident, _one, _transposed
+from llm.interop.hf_weights import Rule, _ident, _one, _transposed, register_family
 
 # keys that only initialise the model or choose an implementation of the same computation
 MAMBA_IGNORED = frozenset(
@@ -129,11 +126,10 @@ def _mamba_type(cfg: ModelConfig) -> str | None:
     return "mamba"
 
 
-def _read(hf: Mapping[str, Any], source: str, param_dtype: str) -> ModelConfig:
-    return mamba_model_config(hf, source=source, param_dtype=param_dtype)
-
-
-FAMILY_READERS["mamba"] = _read
-FAMILY_TYPES.append(_mamba_type)
-FAMILY_WRITERS["mamba"] = mamba_hf_config
-FAMILY_RULES["mamba"] = mamba_rules
+register_family(
+    ("mamba",),
+    read=mamba_model_config,
+    type_of=_mamba_type,
+    write=mamba_hf_config,
+    rules=mamba_rules,
+)

@@ -24,8 +24,8 @@ over the Y layers, each 1 at uniform (Switch, f over the k * L assignments). So
 `moe_lb_weight` = coef * k / Y: the same loss, and to first order the same router gradients.
 (transformers adds it only when `output_router_logits` is set; we always train with it.)
 
-The module registers itself in hf_config / hf_weights (FAMILY_READERS, FAMILY_TYPES,
-FAMILY_WRITERS, FAMILY_RULES) because it builds on them; llm/interop/__init__.py imports it.
+The module registers itself with `hf_weights.register_family` (the registries of hf_config and
+hf_weights) because it builds on them; llm/interop/__init__.py imports it.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ from typing import Any
 from llm.config import ModelConfig
 from llm.config.model import MOE_FIELDS
 from llm.interop.hf_config import (
-    FAMILY_READERS,
-    FAMILY_TYPES,
-    FAMILY_WRITERS,
     UnsupportedConfig,
     _Fields,
     _init_std,
@@ -47,7 +44,7 @@ from llm.interop.hf_config import (
     _llama_fields,
     hf_model_type,
 )
-from llm.interop.hf_weights import FAMILY_RULES, Rule, _transposed, llama_rules
+from llm.interop.hf_weights import Rule, _transposed, llama_rules, register_family
 
 MOE_TYPES = ("mixtral", "qwen2_moe")
 # the dense Llama-family reading each MoE type shares its attention with
@@ -197,8 +194,6 @@ def moe_rules(cfg: ModelConfig) -> list[Rule]:
     return [*rules, _transposed(gate, prefix + "shared_expert_gate.weight")]
 
 
-for _type in MOE_TYPES:
-    FAMILY_READERS[_type] = moe_config_from_hf
-    FAMILY_WRITERS[_type] = moe_hf_config
-    FAMILY_RULES[_type] = moe_rules
-FAMILY_TYPES.append(moe_model_type)
+register_family(
+    MOE_TYPES, read=moe_config_from_hf, type_of=moe_model_type, write=moe_hf_config, rules=moe_rules
+)

@@ -30,13 +30,10 @@ import numpy as np
 
 from llm.config import ModelConfig
 from llm.interop.hf_config import (
-    FAMILY_READERS,
-    FAMILY_TYPES,
-    FAMILY_WRITERS,
     UnsupportedConfig,
     _Fields,
 )
-from llm.interop.hf_weights import FAMILY_RULES, Rule, _ident, _one
+from llm.interop.hf_weights import Rule, _ident, _one, register_family
 
 # feed_forward_proj -> our activation (transformers reads "gated-gelu" as gated gelu_new)
 ACTIVATIONS = {
@@ -182,11 +179,4 @@ def _t5_type(cfg: ModelConfig) -> str | None:
     return "t5" if cfg.arch == "t5" else None
 
 
-def _read(hf: Mapping[str, Any], source: str, param_dtype: str) -> ModelConfig:
-    return t5_model_config(hf, source=source, param_dtype=param_dtype)
-
-
-FAMILY_READERS["t5"] = _read
-FAMILY_TYPES.append(_t5_type)
-FAMILY_WRITERS["t5"] = t5_hf_config
-FAMILY_RULES["t5"] = t5_rules
+register_family(("t5",), read=t5_model_config, type_of=_t5_type, write=t5_hf_config, rules=t5_rules)

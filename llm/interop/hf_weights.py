@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from llm.config import ModelConfig
-from llm.interop.hf_config import hf_model_type
+from llm.interop.hf_config import FAMILY_READERS, FAMILY_TYPES, FAMILY_WRITERS, hf_model_type
 from llm.model import abstract_params
 
 ParamPath = tuple[str, ...]
@@ -162,6 +162,24 @@ def gpt2_rules(cfg: ModelConfig) -> list[Rule]:
 # model_type (as hf_model_type names it) -> rules, registered by llm/interop/hf_<family>.py
 # (see FAMILY_READERS in hf_config.py): loading and export then go through the same rules.
 FAMILY_RULES: dict[str, Callable[[ModelConfig], list[Rule]]] = {}
+
+
+def register_family(
+    model_types: tuple[str, ...],
+    *,
+    read: Callable[..., ModelConfig],
+    type_of: Callable[[ModelConfig], str | None],
+    write: Callable[[ModelConfig], dict],
+    rules: Callable[[ModelConfig], list[Rule]],
+) -> None:
+    """Registers a family kept in its own module (llm/interop/hf_<family>.py) for import and
+    export: `read(hf, source=, param_dtype=)` of its config.json, `type_of(cfg)` (the
+    model_type that computes a config, or None), `write(cfg)` its config.json, `rules(cfg)`."""
+    for model_type in model_types:
+        FAMILY_READERS[model_type] = read
+        FAMILY_WRITERS[model_type] = write
+        FAMILY_RULES[model_type] = rules
+    FAMILY_TYPES.append(type_of)
 
 
 def rules_for(cfg: ModelConfig) -> list[Rule]:

@@ -125,19 +125,25 @@ class RecurrentCache:
     def rollback(self, lengths_B: Array) -> RecurrentCache:
         """Itself when no row shrinks; a recurrent state keeps no history to cut back to, so
         a shrinking row (or lengths only known inside `jit`) is a ValueError."""
-        if isinstance(lengths_B, jax.core.Tracer) or isinstance(self.lengths_B, jax.core.Tracer):
-            raise ValueError(
-                "RecurrentCache.rollback cannot check lengths inside jit; a recurrent state "
-                "cannot be rolled back (speculative decoding needs a Transformer target)"
-            )
-        shrinks = np.asarray(lengths_B) < np.asarray(self.lengths_B)
-        if shrinks.any():
-            raise ValueError(
-                f"RecurrentCache.rollback: rows {np.flatnonzero(shrinks).tolist()} would shrink, "
-                "but a recurrent state keeps no history (speculative decoding and re-scoring "
-                "the last token need a Transformer target)"
-            )
+        refuse_shrink("RecurrentCache", "a recurrent state", lengths_B, self.lengths_B)
         return self
+
+
+def refuse_shrink(cache: str, state: str, lengths_B: Array, current_B: Array) -> None:
+    """The rollback of a cache whose state keeps no history (RNNs, SSMs): a ValueError when a
+    row would shrink, or when the lengths are only known inside `jit`."""
+    if isinstance(lengths_B, jax.core.Tracer) or isinstance(current_B, jax.core.Tracer):
+        raise ValueError(
+            f"{cache}.rollback cannot check lengths inside jit; {state} cannot be rolled "
+            "back (speculative decoding needs a Transformer target)"
+        )
+    shrinks = np.asarray(lengths_B) < np.asarray(current_B)
+    if shrinks.any():
+        raise ValueError(
+            f"{cache}.rollback: rows {np.flatnonzero(shrinks).tolist()} would shrink, but "
+            f"{state} keeps no history (speculative decoding and re-scoring the last token "
+            "need a Transformer target)"
+        )
 
 
 class RecurrentLM(nnx.Module):

@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from llm.config import ModelConfig
 from llm.model import kv_cache
 from llm.model.kv_cache import KVCache
+from llm.model.recurrent import refuse_shrink
 from llm.typing import Array
 
 
@@ -101,18 +100,7 @@ class SSMCache:
     def rollback(self, lengths_B: Array) -> SSMCache:
         """Itself when no row shrinks; an SSM state keeps no history to cut back to, so a
         shrinking row (or lengths only known inside `jit`) is a ValueError."""
-        if isinstance(lengths_B, jax.core.Tracer) or isinstance(self.lengths_B, jax.core.Tracer):
-            raise ValueError(
-                "SSMCache.rollback cannot check lengths inside jit; a Mamba state cannot be "
-                "rolled back (speculative decoding needs a Transformer target)"
-            )
-        shrinks = np.asarray(lengths_B) < np.asarray(self.lengths_B)
-        if shrinks.any():
-            raise ValueError(
-                f"SSMCache.rollback: rows {np.flatnonzero(shrinks).tolist()} would shrink, but "
-                "a Mamba state keeps no history (speculative decoding and re-scoring the last "
-                "token need a Transformer target)"
-            )
+        refuse_shrink("SSMCache", "a Mamba state", lengths_B, self.lengths_B)
         return self
 
     def advance(self, conv_YBWE, ssm_YBEN, kv: KVCache | None, segment_ids_BL) -> SSMCache:
